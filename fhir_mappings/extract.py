@@ -1,0 +1,993 @@
+"""FHIR R4 resources → :class:`PatientFindings`: every predictor present, absent or unknown, with provenance.
+
+The hot path works on plain JSON: one pass over the resources keeps only those for this patient whose code
+(or component code, or text) belongs to a value set some predictor uses; everything else is counted and
+dropped. Candidates are then read newest first, and only the ones actually read are validated with
+fhir.resources (``fhir.resources.R4B``), so the cost of validation grows with the number of predictors, not
+with the size of the chart. A resource that fails R4 validation is skipped with a reason, never fatal.
+
+Rules of the domain (see DESIGN.md):
+
+- Observations count with status final / amended / corrected; Conditions when not refuted / entered-in-error
+  and clinically active (active / recurrence / relapse, or no clinicalStatus and no abatement).
+- Resources whose subject is another patient are ignored.
+- The latest valid value inside a predictor's look-back window wins; results at the same time that disagree are
+  resolved towards the predictor being present (the card shows every source).
+- A lab predictor with no valid value in its window is unknown; a finding with no active Condition and no
+  positive finding Observation is absent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import groupby
+from typing import Any
+
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+
+from .dates import (
+    completed_years,
+    condition_effective,
+    observation_effective,
+    parse_fhir_date,
+    parse_fhir_datetime,
+)
+from .model import PatientFindings, PredictorFinding, Source, State
+from .rules import (
+    AntibodyRule,
+    BmiRule,
+    FindingRule,
+    GradeRule,
+    MappingRules,
+    QuantityRule,
+    RatioRule,
+)
+from .terminology import Terminology, codeable_texts
+from .units import UnitConverter
+from .values import (
+    AnswerSets,
+    Verdict,
+    as_number,
+    meets,
+    parse_grade,
+    parse_titer,
+    quantity_text,
+    verdict_of_codeable,
+    verdict_of_interpretation,
+    verdict_of_text,
+)
+
+Json = dict[str, Any]
+
+_MODELS: Mapping[str, Any] = {"Observation": Observation, "Condition": Condition, "Patient": Patient}
+_PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+_REF_RANGE_TEXT = re.compile(r"^\s*(<=|<|≤)\s*(\d+(?:\.\d+)?)")
+_MAX_BUNDLE_DEPTH = 4
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+# Basis codes: why a finding has its state. Cards turn them into words (config/knowledge.toml [wording.basis]).
+BASIS_REPORTED = "reported"
+BASIS_COMPUTED = "computed"
+BASIS_CONDITION = "condition"
+BASIS_OBSERVATION = "observation"
+BASIS_CONFLICT = "condition-despite-later-observation"
+BASIS_NO_RECORD = "no-record"
+BASIS_EQUIVOCAL = "equivocal"
+BASIS_STALE = "outside-lookback"
+BASIS_NO_DATA = "no-data"
+BASIS_UNREADABLE = "unreadable"
+
+
+@dataclass(slots=True)
+class _Item:
+    """A resource (or one of its components) that matched a concept some predictor uses."""
+
+    resource: Json
+    part: Json
+    """Where code and value are: the resource itself or a component."""
+    reference: str
+    rtype: str
+    when: datetime | None
+    when_raw: str | None
+    concept: str
+    as_value: bool = False
+    """The concept matched the value (a finding coded as ``valueCodeableConcept``), not the code."""
+
+
+@dataclass(slots=True)
+class _Reading:
+    """What one option (a result, or a computed pair) says."""
+
+    decisive: bool | None
+    """``True``: the predictor is met; ``False``: not met; ``None``: the value leaves it open (equivocal)."""
+    value: float | str | bool | None
+    unit: str | None
+    items: tuple[_Item, ...]
+    sources: tuple[Source, ...]
+    basis: str = BASIS_REPORTED
+    severity: float = 0.0
+    """Among results that meet the predictor at the same time, the highest severity is shown."""
+
+
+@dataclass(slots=True)
+class _Option:
+    """A lazily read way of deciding a predictor: one result, or a pair to compute from."""
+
+    when: datetime | None
+    when_raw: str | None
+    read: Callable[[], _Reading | None]
+
+
+@dataclass
+class _Run:
+    terminology: Terminology
+    rules: MappingRules
+    patient_id: str
+    at: datetime
+    answers: AnswerSets
+    units: UnitConverter
+    wanted: frozenset[str]
+    finding_concepts: frozenset[str]
+    pattern_concepts: tuple[str, ...]
+    aliases: set[str] = field(default_factory=set)
+    items: dict[str, list[_Item]] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
+    used: set[int] = field(default_factory=set)
+    candidates: dict[int, Json] = field(default_factory=dict)
+    valid_cache: dict[int, bool] = field(default_factory=dict)
+    seen: int = 0
+    malformed: int = 0
+    birth_date_raw: object = None
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+    def skip(self, resource: Json, reason: str) -> None:
+        self.reasons.setdefault(id(resource), reason)
+
+    def valid(self, resource: Json) -> bool:
+        key = id(resource)
+        cached = self.valid_cache.get(key)
+        if cached is None:
+            model = _MODELS[resource["resourceType"]]
+            try:
+                model.model_validate(resource)
+            except (ValueError, TypeError, KeyError, AttributeError, LookupError):
+                cached = False
+                self.skip(resource, "invalid-r4-" + resource["resourceType"].lower())
+            else:
+                cached = True
+            self.valid_cache[key] = cached
+        return cached
+
+    # -- pass 1: what is there -------------------------------------------------------------------------
+    def collect(self, inputs: Iterable[object]) -> None:
+        flat: list[tuple[Json, str | None]] = []
+        for resource, full_url in _flatten(inputs):
+            self.seen += 1
+            if resource is None:
+                self.malformed += 1
+                continue
+            flat.append((resource, full_url))
+        self.aliases = {f"Patient/{self.patient_id}"}
+        for resource, full_url in flat:
+            if resource.get("resourceType") == "Patient" and resource.get("id") == self.patient_id and full_url:
+                self.aliases.add(full_url)
+        seen_ids: set[tuple[str, str]] = set()
+        for resource, full_url in flat:
+            rtype = resource.get("resourceType")
+            rid = resource.get("id")
+            if isinstance(rtype, str) and isinstance(rid, str):
+                if (rtype, rid) in seen_ids:
+                    self.skip(resource, "duplicate")
+                    continue
+                seen_ids.add((rtype, rid))
+            if rtype == "Observation":
+                self._observation(resource, full_url)
+            elif rtype == "Condition":
+                self._condition(resource, full_url)
+            elif rtype == "Patient":
+                if rid == self.patient_id:
+                    if self.valid(resource):
+                        self.birth_date_raw = resource.get("birthDate")
+                        self.used.add(id(resource))
+                else:
+                    self.skip(resource, "other-patient")
+            else:
+                self.skip(resource, "unrelated")
+
+    def _subject_reason(self, resource: Json) -> str | None:
+        subject = resource.get("subject")
+        ref = subject.get("reference") if isinstance(subject, dict) else None
+        if not isinstance(ref, str):
+            return "no-subject"
+        if ref in self.aliases:
+            return None
+        m = _PATIENT_REF.search(ref)
+        return None if m is not None and m.group(1) == self.patient_id else "other-patient"
+
+    def _reference(self, resource: Json, full_url: str | None) -> str:
+        rid = resource.get("id")
+        if isinstance(rid, str):
+            return f"{resource['resourceType']}/{rid}"
+        return full_url or f"{resource['resourceType']}/(no id)"
+
+    def _concepts_of(self, codeable: object) -> frozenset[str]:
+        hit = self.terminology.concepts_for_codeable(codeable) & self.wanted
+        if hit or not self.pattern_concepts:
+            return hit
+        texts = codeable_texts(codeable)
+        if not texts:
+            return hit
+        return frozenset(c for c in self.pattern_concepts if any(self.terminology.text_matches(c, t) for t in texts))
+
+    def _observation(self, resource: Json, full_url: str | None) -> None:
+        reason = self._subject_reason(resource)
+        if reason is not None:
+            self.skip(resource, reason)
+            return
+        matches: list[tuple[Json, str, bool]] = [(resource, c, False) for c in self._concepts_of(resource.get("code"))]
+        components = resource.get("component")
+        if isinstance(components, list):
+            for component in components:
+                if isinstance(component, dict):
+                    matches.extend((component, c, False) for c in self._concepts_of(component.get("code")))
+        value_cc = resource.get("valueCodeableConcept")
+        if value_cc is not None and self.finding_concepts:
+            hit = self.terminology.concepts_for_codeable(value_cc) & self.finding_concepts
+            matches.extend((resource, c, True) for c in hit)
+        if not matches:
+            self.skip(resource, "unrelated")
+            return
+        status = resource.get("status")
+        if status not in self.rules.data.observation_statuses:
+            self.skip(resource, f"observation-status-{status if isinstance(status, str) else 'missing'}")
+            return
+        when, raw = observation_effective(resource)
+        if not self._admit_date(resource, when, raw):
+            return
+        reference = self._reference(resource, full_url)
+        self.candidates[id(resource)] = resource
+        for part, concept, as_value in matches:
+            self.items.setdefault(concept, []).append(
+                _Item(resource, part, reference, "Observation", when, raw, concept, as_value)
+            )
+
+    def _condition(self, resource: Json, full_url: str | None) -> None:
+        reason = self._subject_reason(resource)
+        if reason is not None:
+            self.skip(resource, reason)
+            return
+        concepts = self.terminology.concepts_for_codeable(resource.get("code")) & self.finding_concepts
+        if not concepts:
+            self.skip(resource, "unrelated")
+            return
+        verification = _first_code(resource.get("verificationStatus"))
+        if verification in self.rules.data.condition_excluded_verification:
+            self.skip(resource, f"condition-{verification}")
+            return
+        clinical = _first_code(resource.get("clinicalStatus"))
+        if clinical is None:
+            if any(k.startswith("abatement") for k in resource):
+                self.skip(resource, "condition-abated")
+                return
+        elif clinical not in self.rules.data.condition_clinical_statuses:
+            self.skip(resource, f"condition-{clinical}")
+            return
+        when, raw = condition_effective(resource)
+        if not self._admit_date(resource, when, raw):
+            return
+        reference = self._reference(resource, full_url)
+        self.candidates[id(resource)] = resource
+        for concept in concepts:
+            self.items.setdefault(concept, []).append(
+                _Item(resource, resource, reference, "Condition", when, raw, concept)
+            )
+
+    def _admit_date(self, resource: Json, when: datetime | None, raw: str | None) -> bool:
+        if raw is not None and when is None:
+            self.skip(resource, "unreadable-date")
+            return False
+        if when is not None and when > self.at + timedelta(hours=self.rules.data.future_tolerance_hours):
+            self.skip(resource, "future-dated")
+            return False
+        return True
+
+    # -- pass 2: predictors ----------------------------------------------------------------------------
+    def window(
+        self, concepts: Sequence[str], lookback_days: int | None, rtype: str = "Observation"
+    ) -> tuple[list[_Item], _Item | None]:
+        """Items of ``concepts`` (of resource type ``rtype``) inside the look-back window, newest first, and
+        the newest one outside it."""
+        inside: list[_Item] = []
+        stale: _Item | None = None
+        since = self.at - timedelta(days=lookback_days) if lookback_days is not None else None
+        for concept in concepts:
+            for item in self.items.get(concept, ()):
+                if item.rtype != rtype:
+                    continue
+                if since is not None:
+                    if item.when is None:
+                        self.skip(item.resource, "no-date")
+                        continue
+                    if item.when < since:
+                        self.skip(item.resource, "outside-lookback")
+                        if stale is None or (stale.when is not None and item.when > stale.when):
+                            stale = item
+                        continue
+                inside.append(item)
+        inside.sort(key=_newest_first)
+        return inside, stale
+
+    def decide(
+        self,
+        predictor_id: str,
+        options: list[_Option],
+        *,
+        unit: str | None,
+        stale: _Item | None,
+        lookback_days: int | None,
+        prefer_high: bool = True,
+    ) -> PredictorFinding:
+        """Newest decisive option wins; at equal times, meeting the predictor wins, then severity."""
+        options.sort(key=lambda o: o.when or _EPOCH, reverse=True)
+        equivocal: list[_Reading] = []
+        unreadable = False
+        for _, group in groupby(options, key=lambda o: o.when):
+            decisive: list[_Reading] = []
+            for option in group:
+                reading = option.read()
+                if reading is None:
+                    unreadable = True
+                    continue
+                if reading.decisive is None:
+                    equivocal.append(reading)
+                    self._use(reading)
+                else:
+                    decisive.append(reading)
+            if decisive:
+                met = [r for r in decisive if r.decisive]
+                pool = met or decisive
+                chosen = max(pool, key=lambda r: r.severity if prefer_high else -r.severity)
+                for reading in decisive:
+                    self._use(reading)
+                return PredictorFinding(
+                    id=predictor_id,
+                    state=State.PRESENT if chosen.decisive else State.ABSENT,
+                    value=chosen.value,
+                    unit=chosen.unit,
+                    effective=chosen.items[0].when_raw if len(chosen.items) == 1 else _latest_raw(chosen.items),
+                    sources=chosen.sources,
+                    basis=chosen.basis,
+                )
+        if equivocal:
+            newest = equivocal[0]
+            return PredictorFinding(
+                id=predictor_id,
+                state=State.UNKNOWN,
+                value=newest.value,
+                unit=newest.unit,
+                effective=_latest_raw(newest.items),
+                sources=tuple(s for r in equivocal for s in r.sources),
+                basis=BASIS_EQUIVOCAL,
+            )
+        if stale is not None:
+            return PredictorFinding(
+                id=predictor_id,
+                state=State.UNKNOWN,
+                effective=stale.when_raw,
+                sources=(self.source(stale, None, None),),
+                basis=BASIS_STALE,
+                basis_detail={"lookback_days": str(lookback_days)},
+            )
+        return PredictorFinding(
+            id=predictor_id,
+            state=State.UNKNOWN,
+            unit=unit,
+            basis=BASIS_UNREADABLE if unreadable else BASIS_NO_DATA,
+        )
+
+    def _use(self, reading: _Reading) -> None:
+        for item in reading.items:
+            self.used.add(id(item.resource))
+
+    def source(
+        self,
+        item: _Item,
+        normalised: float | None,
+        normalised_unit: str | None,
+        value_text: str | None = None,
+    ) -> Source:
+        part = item.part
+        code = part.get("code") if not item.as_value else part.get("valueCodeableConcept")
+        texts = codeable_texts(code)
+        unit = None
+        quantity = part.get("valueQuantity")
+        if isinstance(quantity, dict):
+            recorded_unit = quantity.get("unit") if isinstance(quantity.get("unit"), str) else quantity.get("code")
+            unit = recorded_unit if isinstance(recorded_unit, str) else None
+        return Source(
+            reference=item.reference,
+            resource_type=item.rtype,
+            effective=item.when_raw,
+            concept=item.concept,
+            code_display=texts[0] if texts else self.terminology.concepts[item.concept].title,
+            value=value_text if value_text is not None else _value_text(part),
+            unit=unit,
+            normalised_value=normalised,
+            normalised_unit=normalised_unit,
+        )
+
+    # -- readers ---------------------------------------------------------------------------------------
+    def read_antibody(self, item: _Item, rule: AntibodyRule) -> _Reading | None:
+        if not self.valid(item.resource):
+            return None
+        part = item.part
+        shown = _value_text(part)
+        verdict = verdict_of_interpretation(self.terminology, self.answers, part.get("interpretation"))
+        if verdict is None:
+            verdict = self._antibody_value(part, rule, item.concept in rule.titer_valuesets)
+        if verdict is None:
+            self.skip(item.resource, "unrecognised-value" if _has_value(part) else "no-value")
+            return None
+        decisive = None if verdict is Verdict.INDETERMINATE else verdict is Verdict.POSITIVE
+        return _Reading(decisive, shown or verdict.value, None, (item,), (self.source(item, None, None, shown),))
+
+    def _antibody_value(self, part: Json, rule: AntibodyRule, titer_code: bool) -> Verdict | None:
+        answers, terminology = self.answers, self.terminology
+        if "valueCodeableConcept" in part:
+            return verdict_of_codeable(terminology, answers, part["valueCodeableConcept"])
+        if "valueBoolean" in part:
+            flag = part["valueBoolean"]
+            return None if not isinstance(flag, bool) else (Verdict.POSITIVE if flag else Verdict.NEGATIVE)
+        text = part.get("valueString")
+        if isinstance(text, str):
+            titer = parse_titer(text)
+            if titer is not None:
+                return _titer_verdict(titer[1], titer[0], rule.titer_cutoff)
+            return verdict_of_text(terminology, answers, text)
+        ratio = part.get("valueRatio")
+        if isinstance(ratio, dict):
+            numerator = as_number((ratio.get("numerator") or {}).get("value"))
+            denominator = as_number((ratio.get("denominator") or {}).get("value"))
+            if numerator and denominator:
+                return _titer_verdict(denominator / numerator, None, rule.titer_cutoff)
+            return None
+        quantity = part.get("valueQuantity")
+        number: float | None = None
+        comparator: str | None = None
+        unit: str | None = None
+        if isinstance(quantity, dict):
+            number = as_number(quantity.get("value"))
+            comparator = quantity.get("comparator") if isinstance(quantity.get("comparator"), str) else None
+            unit = self.units.ucum_of(quantity)
+        elif "valueInteger" in part:
+            number = as_number(part["valueInteger"])
+        if number is None:
+            return None
+        if titer_code or (unit is not None and unit.lower() in ("{titer}", "{dilution}")):
+            return _titer_verdict(number, comparator, rule.titer_cutoff)
+        return _reference_range_verdict(number, comparator, part.get("referenceRange"))
+
+    def read_quantity(self, item: _Item, rule: QuantityRule) -> _Reading | None:
+        if not self.valid(item.resource):
+            return None
+        quantity = item.part.get("valueQuantity")
+        if not isinstance(quantity, dict):
+            self.skip(item.resource, "unrecognised-value" if _has_value(item.part) else "no-value")
+            return None
+        normalised = self.normalise(
+            quantity,
+            rule.unit,
+            rule.molar.unit if rule.molar else None,
+            rule.molar.per_unit if rule.molar else None,
+        )
+        if normalised is None:
+            self.skip(item.resource, "unit-not-convertible")
+            return None
+        comparator = quantity.get("comparator") if isinstance(quantity.get("comparator"), str) else None
+        decisive = meets(normalised, comparator, rule.operator, rule.threshold)
+        return _Reading(
+            decisive,
+            _round(normalised),
+            rule.unit,
+            (item,),
+            (self.source(item, _round(normalised), rule.unit),),
+            severity=normalised if rule.operator in (">", ">=") else -normalised,
+        )
+
+    def normalise(
+        self, quantity: Json, target: str, molar_unit: str | None = None, per_unit: float | None = None
+    ) -> float | None:
+        number = as_number(quantity.get("value"))
+        unit = self.units.ucum_of(quantity)
+        if number is None or unit is None:
+            return None
+        converted = self.units.convert(number, unit, target)
+        if converted is None and molar_unit is not None and per_unit is not None:
+            molar = self.units.convert(number, unit, molar_unit)
+            converted = None if molar is None else molar / per_unit
+        return converted
+
+    def read_grade(self, item: _Item, rule: GradeRule) -> _Reading | None:
+        if not self.valid(item.resource):
+            return None
+        part = item.part
+        raw: object = None
+        if isinstance(part.get("valueQuantity"), dict):
+            raw = part["valueQuantity"].get("value")
+        elif "valueInteger" in part:
+            raw = part["valueInteger"]
+        elif "valueString" in part:
+            raw = part["valueString"]
+        elif isinstance(part.get("valueCodeableConcept"), dict):
+            raw = next(iter(codeable_texts(part["valueCodeableConcept"])), None)
+        grade = parse_grade(raw)
+        if grade is None or grade > rule.scale_max:
+            self.skip(item.resource, "unrecognised-value" if _has_value(part) else "no-value")
+            return None
+        decisive = meets(grade, None, rule.operator, rule.threshold)
+        return _Reading(
+            decisive, _round(grade), None, (item,), (self.source(item, _round(grade), None),), severity=-grade
+        )
+
+    def read_ratio_direct(self, item: _Item) -> tuple[float, tuple[Source, ...]] | None:
+        if not self.valid(item.resource):
+            return None
+        part = item.part
+        quantity = part.get("valueQuantity")
+        number: float | None = None
+        if isinstance(quantity, dict):
+            number = as_number(quantity.get("value"))
+        elif isinstance(part.get("valueRatio"), dict):
+            ratio = part["valueRatio"]
+            numerator = as_number((ratio.get("numerator") or {}).get("value"))
+            denominator = as_number((ratio.get("denominator") or {}).get("value"))
+            number = numerator / denominator if numerator is not None and denominator else None
+        elif "valueString" in part and isinstance(part["valueString"], str):
+            number = _number_in_text(part["valueString"])
+        if number is None or number < 0:
+            self.skip(item.resource, "unrecognised-value" if _has_value(part) else "no-value")
+            return None
+        return number, (self.source(item, _round(number), None),)
+
+    def read_measure(self, item: _Item, unit: str) -> float | None:
+        if not self.valid(item.resource):
+            return None
+        quantity = item.part.get("valueQuantity")
+        value = self.normalise(quantity, unit) if isinstance(quantity, dict) else None
+        if value is None or value <= 0:
+            self.skip(item.resource, "unit-not-convertible" if isinstance(quantity, dict) else "no-value")
+            return None
+        return value
+
+
+# -- the predictor kinds -------------------------------------------------------------------------------
+
+
+def _antibody(run: _Run, pid: str, rule: AntibodyRule) -> PredictorFinding:
+    items, stale = run.window(rule.concepts(), rule.lookback_days)
+    options = [_Option(i.when, i.when_raw, _bind(run.read_antibody, i, rule)) for i in items]
+    return run.decide(pid, options, unit=None, stale=stale, lookback_days=rule.lookback_days)
+
+
+def _quantity(run: _Run, pid: str, rule: QuantityRule) -> PredictorFinding:
+    items, stale = run.window(rule.concepts(), rule.lookback_days)
+    options = [_Option(i.when, i.when_raw, _bind(run.read_quantity, i, rule)) for i in items]
+    return run.decide(pid, options, unit=rule.unit, stale=stale, lookback_days=rule.lookback_days)
+
+
+def _grade(run: _Run, pid: str, rule: GradeRule) -> PredictorFinding:
+    items, stale = run.window(rule.concepts(), rule.lookback_days)
+    options = [_Option(i.when, i.when_raw, _bind(run.read_grade, i, rule)) for i in items]
+    return run.decide(pid, options, unit=None, stale=stale, lookback_days=rule.lookback_days)
+
+
+def _ratio(run: _Run, pid: str, rule: RatioRule) -> PredictorFinding:
+    items, stale = run.window(rule.concepts(), rule.lookback_days)
+    by_concept: dict[str, list[_Item]] = {}
+    for item in items:
+        by_concept.setdefault(item.concept, []).append(item)
+
+    def direct(item: _Item) -> Callable[[], _Reading | None]:
+        def read() -> _Reading | None:
+            got = run.read_ratio_direct(item)
+            if got is None:
+                return None
+            value, sources = got
+            decisive = meets(value, None, rule.operator, rule.threshold)
+            return _Reading(decisive, _round(value), rule.unit, (item,), sources, severity=_severity(rule, value))
+
+        return read
+
+    def computed(numerator: _Item, denominator: _Item) -> Callable[[], _Reading | None]:
+        def read() -> _Reading | None:
+            if not (run.valid(numerator.resource) and run.valid(denominator.resource)):
+                return None
+            top_q, bottom_q = numerator.part.get("valueQuantity"), denominator.part.get("valueQuantity")
+            if not isinstance(top_q, dict) or not isinstance(bottom_q, dict):
+                run.skip(numerator.resource, "no-value")
+                return None
+            top = as_number(top_q.get("value"))
+            top_unit = run.units.ucum_of(top_q) or "1"
+            bottom = (
+                run.normalise(bottom_q, top_unit) if run.units.ucum_of(bottom_q) else as_number(bottom_q.get("value"))
+            )
+            if top is None or bottom is None or bottom <= 0:
+                run.skip(numerator.resource, "unit-not-convertible")
+                return None
+            value = top / bottom
+            decisive = meets(value, None, rule.operator, rule.threshold)
+            sources = (run.source(numerator, None, None), run.source(denominator, None, None))
+            return _Reading(
+                decisive,
+                _round(value),
+                rule.unit,
+                (numerator, denominator),
+                sources,
+                basis=BASIS_COMPUTED,
+                severity=_severity(rule, value),
+            )
+
+        return read
+
+    options = [_Option(i.when, i.when_raw, direct(i)) for c in rule.valuesets for i in by_concept.get(c, ())]
+    gap = timedelta(minutes=rule.pair_max_gap_minutes)
+    for top_concept, bottom_concept in rule.pairs:
+        for top, bottom in _pairs(by_concept.get(top_concept, []), by_concept.get(bottom_concept, []), gap):
+            options.append(_Option(_later(top, bottom), _later_raw(top, bottom), computed(top, bottom)))
+    return run.decide(pid, options, unit=rule.unit, stale=stale, lookback_days=rule.lookback_days, prefer_high=True)
+
+
+def _bmi(run: _Run, pid: str, rule: BmiRule) -> PredictorFinding:
+    items, stale = run.window(rule.concepts(), rule.lookback_days)
+    direct_items = [i for i in items if i.concept in rule.valuesets]
+    weights = [i for i in items if i.concept in rule.weight_valuesets]
+    heights = [i for i in items if i.concept in rule.height_valuesets]
+
+    def direct(item: _Item) -> Callable[[], _Reading | None]:
+        def read() -> _Reading | None:
+            value = run.read_measure(item, rule.unit)
+            if value is None:
+                return None
+            decisive = meets(value, None, rule.operator, rule.threshold)
+            sources = (run.source(item, _round(value), rule.unit),)
+            return _Reading(decisive, _round(value), rule.unit, (item,), sources, severity=_severity(rule, value))
+
+        return read
+
+    def computed(weight: _Item, height: _Item) -> Callable[[], _Reading | None]:
+        def read() -> _Reading | None:
+            kg = run.read_measure(weight, rule.weight_unit)
+            metres = run.read_measure(height, rule.height_unit)
+            if kg is None or metres is None:
+                return None
+            value = kg / (metres * metres)
+            decisive = meets(value, None, rule.operator, rule.threshold)
+            sources = (
+                run.source(weight, _round(kg), rule.weight_unit),
+                run.source(height, _round(metres), rule.height_unit),
+            )
+            return _Reading(
+                decisive,
+                _round(value),
+                rule.unit,
+                (weight, height),
+                sources,
+                basis=BASIS_COMPUTED,
+                severity=_severity(rule, value),
+            )
+
+        return read
+
+    options = [_Option(i.when, i.when_raw, direct(i)) for i in direct_items]
+    gap = timedelta(days=rule.pair_max_gap_days)
+    for weight, height in _pairs(weights, heights, gap):
+        options.append(_Option(_later(weight, height), _later_raw(weight, height), computed(weight, height)))
+    return run.decide(pid, options, unit=rule.unit, stale=stale, lookback_days=rule.lookback_days)
+
+
+def _finding(run: _Run, pid: str, rule: FindingRule) -> PredictorFinding:
+    conditions: list[_Item] = []
+    for concept in rule.valuesets:
+        conditions.extend(i for i in run.items.get(concept, ()) if i.rtype == "Condition")
+    conditions = [c for c in sorted(conditions, key=_newest_first) if run.valid(c.resource)]
+    observation_finding: PredictorFinding | None = None
+    if rule.observations:
+        observations, _ = run.window(rule.valuesets, rule.lookback_days)
+        options = [_Option(i.when, i.when_raw, _bind(_read_finding_observation, run, i)) for i in observations]
+        observation_finding = run.decide(pid, options, unit=None, stale=None, lookback_days=rule.lookback_days)
+    if conditions:
+        for item in conditions:
+            run.used.add(id(item.resource))
+        sources = tuple(run.source(c, None, None, "active") for c in conditions)
+        basis = BASIS_CONDITION
+        if observation_finding is not None and observation_finding.state is State.PRESENT:
+            sources = sources + observation_finding.sources
+        elif observation_finding is not None and observation_finding.state is State.ABSENT:
+            newest_condition = conditions[0].when
+            newest_obs = _max_when(observation_finding)
+            if newest_condition is None or (newest_obs is not None and newest_obs > newest_condition):
+                basis = BASIS_CONFLICT
+                sources = sources + observation_finding.sources
+        return PredictorFinding(
+            id=pid,
+            state=State.PRESENT,
+            value=True,
+            effective=conditions[0].when_raw,
+            sources=sources,
+            basis=basis,
+        )
+    if observation_finding is not None and observation_finding.state is not State.UNKNOWN:
+        return PredictorFinding(
+            id=pid,
+            state=observation_finding.state,
+            value=observation_finding.state is State.PRESENT,
+            effective=observation_finding.effective,
+            sources=observation_finding.sources,
+            basis=BASIS_OBSERVATION,
+        )
+    sources = observation_finding.sources if observation_finding is not None else ()
+    return PredictorFinding(id=pid, state=State.ABSENT, value=False, sources=sources, basis=BASIS_NO_RECORD)
+
+
+def _read_finding_observation(run: _Run, item: _Item) -> _Reading | None:
+    if not run.valid(item.resource):
+        return None
+    part = item.part
+    verdict: Verdict | None
+    if item.as_value:
+        verdict = Verdict.POSITIVE
+    elif "valueBoolean" in part and isinstance(part["valueBoolean"], bool):
+        verdict = Verdict.POSITIVE if part["valueBoolean"] else Verdict.NEGATIVE
+    elif "valueCodeableConcept" in part:
+        verdict = verdict_of_codeable(run.terminology, run.answers, part["valueCodeableConcept"])
+    elif isinstance(part.get("valueString"), str):
+        verdict = verdict_of_text(run.terminology, run.answers, part["valueString"])
+    elif not _has_value(part) and "dataAbsentReason" not in part:
+        verdict = Verdict.POSITIVE  # an Observation coded as the finding itself, with no value, records it
+    else:
+        verdict = None
+    if verdict is None:
+        run.skip(item.resource, "unrecognised-value" if _has_value(part) else "no-value")
+        return None
+    decisive = None if verdict is Verdict.INDETERMINATE else verdict is Verdict.POSITIVE
+    shown = _value_text(part) or ("recorded" if verdict is Verdict.POSITIVE else verdict.value)
+    return _Reading(decisive, shown, None, (item,), (run.source(item, None, None, shown),))
+
+
+_KINDS: Mapping[type[Any], Callable[[_Run, str, Any], PredictorFinding]] = {
+    AntibodyRule: _antibody,
+    QuantityRule: _quantity,
+    RatioRule: _ratio,
+    BmiRule: _bmi,
+    GradeRule: _grade,
+    FindingRule: _finding,
+}
+
+
+def extract_findings(
+    resources: Iterable[object],
+    *,
+    patient_id: str,
+    at: datetime,
+    terminology: Terminology,
+    rules: MappingRules,
+    answers: AnswerSets | None = None,
+    units: UnitConverter | None = None,
+) -> PatientFindings:
+    """Read ``resources`` (any mix of Patient, Observation, Condition and Bundles of them, as parsed JSON)
+    for ``patient_id`` at evaluation time ``at`` (timezone-aware) and return every predictor's finding."""
+    if at.tzinfo is None:
+        raise ValueError("the evaluation time must be timezone-aware")
+    finding_concepts = frozenset(
+        c for rule in rules.predictors.values() if isinstance(rule, FindingRule) for c in rule.valuesets
+    )
+    wanted = rules.concepts()
+    run = _Run(
+        terminology=terminology,
+        rules=rules,
+        patient_id=patient_id,
+        at=at,
+        answers=answers or AnswerSets(),
+        units=units or UnitConverter(rules.data.unit_aliases),
+        wanted=wanted,
+        finding_concepts=finding_concepts,
+        pattern_concepts=tuple(
+            sorted(c for c in wanted if c in terminology.concepts and terminology.concepts[c].text_pattern)
+        ),
+    )
+    run.collect(resources)
+    predictors = {pid: _KINDS[type(rule)](run, pid, rule) for pid, rule in rules.predictors.items()}
+
+    for key, resource in run.candidates.items():
+        if key not in run.used:
+            run.skip(resource, "superseded")
+    skipped = Counter(reason for key, reason in run.reasons.items() if key not in run.used)
+
+    birth = parse_fhir_date(run.birth_date_raw)
+    age = completed_years(birth, at.date()) if birth is not None and birth <= at.date() else None
+    return PatientFindings(
+        patient_id=patient_id,
+        evaluated_at=at,
+        birth_date=birth,
+        age_years=age,
+        predictors=predictors,
+        resources_seen=run.seen,
+        resources_used=len(run.used),
+        skipped=dict(sorted(skipped.items())),
+        malformed=run.malformed,
+    )
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _flatten(inputs: Iterable[object]) -> Iterator[tuple[Json | None, Any]]:
+    """Yield ``(resource, fullUrl)`` for every resource, unpacking Bundles (nested up to a small depth).
+    Anything that is not a resource yields ``(None, the thing)``."""
+    stack: list[tuple[object, str | None, int]] = [(item, None, 0) for item in reversed(list(inputs))]
+    while stack:
+        item, full_url, depth = stack.pop()
+        if not isinstance(item, dict) or not isinstance(item.get("resourceType"), str):
+            yield None, item
+            continue
+        if item["resourceType"] != "Bundle":
+            yield item, full_url
+            continue
+        entries = item.get("entry")
+        if depth >= _MAX_BUNDLE_DEPTH or (entries is not None and not isinstance(entries, list)):
+            yield None, item
+            continue
+        for entry in reversed(entries or []):
+            if not isinstance(entry, dict):
+                yield None, entry
+                continue
+            resource = entry.get("resource")
+            if resource is None:
+                continue  # e.g. a transaction-response entry: nothing to read
+            url = entry.get("fullUrl")
+            stack.append((resource, url if isinstance(url, str) else None, depth + 1))
+
+
+def _first_code(codeable: object) -> str | None:
+    if isinstance(codeable, dict):
+        codings = codeable.get("coding")
+        if isinstance(codings, list):
+            for coding in codings:
+                if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                    return str(coding["code"])
+    return None
+
+
+def _has_value(part: Json) -> bool:
+    return any(key.startswith("value") for key in part)
+
+
+def _value_text(part: Json) -> str | None:
+    quantity = part.get("valueQuantity")
+    if isinstance(quantity, dict):
+        return quantity_text(quantity)
+    if isinstance(part.get("valueString"), str):
+        return str(part["valueString"])
+    if isinstance(part.get("valueBoolean"), bool):
+        return "true" if part["valueBoolean"] else "false"
+    codeable = part.get("valueCodeableConcept")
+    if codeable is not None:
+        texts = codeable_texts(codeable)
+        if texts:
+            return texts[0]
+        codings = codeable.get("coding") if isinstance(codeable, dict) else None
+        if isinstance(codings, list) and codings and isinstance(codings[0], dict):
+            return str(codings[0].get("code"))
+    ratio = part.get("valueRatio")
+    if isinstance(ratio, dict):
+        numerator = as_number((ratio.get("numerator") or {}).get("value"))
+        denominator = as_number((ratio.get("denominator") or {}).get("value"))
+        if numerator is not None and denominator is not None:
+            return f"{numerator:g}:{denominator:g}"
+    if "valueInteger" in part:
+        return str(part["valueInteger"])
+    return None
+
+
+def _titer_verdict(dilution: float, comparator: str | None, cutoff: float | None) -> Verdict | None:
+    if cutoff is None:
+        return None
+    met = meets(dilution, comparator, ">=", cutoff)
+    if met is None:
+        return Verdict.INDETERMINATE
+    return Verdict.POSITIVE if met else Verdict.NEGATIVE
+
+
+def _reference_range_verdict(number: float, comparator: str | None, ranges: object) -> Verdict | None:
+    """Above the reference range's high limit is positive; at or below it negative. A text range such as
+    ``"<11"`` means 11 and above is positive. No usable range: no verdict."""
+    if not isinstance(ranges, list):
+        return None
+    for reference in ranges:
+        if not isinstance(reference, dict):
+            continue
+        high = (
+            as_number((reference.get("high") or {}).get("value")) if isinstance(reference.get("high"), dict) else None
+        )
+        if high is not None:
+            met = meets(number, comparator, ">", high)
+            return Verdict.INDETERMINATE if met is None else (Verdict.POSITIVE if met else Verdict.NEGATIVE)
+        text = reference.get("text")
+        if isinstance(text, str):
+            m = _REF_RANGE_TEXT.match(text)
+            if m is not None:
+                limit = float(m.group(2))
+                operator = ">=" if m.group(1) == "<" else ">"
+                met = meets(number, comparator, operator, limit)
+                return Verdict.INDETERMINATE if met is None else (Verdict.POSITIVE if met else Verdict.NEGATIVE)
+    return None
+
+
+_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def _number_in_text(text: str) -> float | None:
+    m = _NUMBER.match(text)
+    return float(m.group(1)) if m else None
+
+
+def _pairs(tops: list[_Item], bottoms: list[_Item], gap: timedelta) -> Iterator[tuple[_Item, _Item]]:
+    """For each dated ``top`` item, the ``bottom`` item closest in time within ``gap`` (not the same part)."""
+    dated_bottoms = [b for b in bottoms if b.when is not None]
+    for top in tops:
+        if top.when is None:
+            continue
+        best: _Item | None = None
+        best_gap: timedelta | None = None
+        for bottom in dated_bottoms:
+            assert bottom.when is not None
+            distance = abs(bottom.when - top.when)
+            if distance <= gap and (best_gap is None or distance < best_gap) and bottom.part is not top.part:
+                best, best_gap = bottom, distance
+        if best is not None:
+            yield top, best
+
+
+def _later(a: _Item, b: _Item) -> datetime | None:
+    if a.when is None or b.when is None:
+        return a.when or b.when
+    return max(a.when, b.when)
+
+
+def _later_raw(a: _Item, b: _Item) -> str | None:
+    if a.when is None or b.when is None:
+        return a.when_raw or b.when_raw
+    return a.when_raw if a.when >= b.when else b.when_raw
+
+
+def _latest_raw(items: Sequence[_Item]) -> str | None:
+    dated = [i for i in items if i.when is not None]
+    if not dated:
+        return items[0].when_raw if items else None
+    return max(dated, key=lambda i: i.when or _EPOCH).when_raw
+
+
+def _max_when(finding: PredictorFinding) -> datetime | None:
+    return parse_fhir_datetime(finding.effective)
+
+
+def _newest_first(item: _Item) -> tuple[int, float]:
+    return (0, -item.when.timestamp()) if item.when is not None else (1, 0.0)
+
+
+def _severity(rule: RatioRule | BmiRule | QuantityRule, value: float) -> float:
+    return value if rule.operator in (">", ">=") else -value
+
+
+def _round(value: float) -> float:
+    return round(value, 4)
+
+
+def _bind(fn: Callable[..., _Reading | None], *args: Any) -> Callable[[], _Reading | None]:
+    return lambda: fn(*args)
