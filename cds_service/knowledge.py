@@ -1,0 +1,354 @@
+"""The evidence knowledge base (``config/knowledge.toml``): loaded once, validated, typed.
+
+It holds the paper's 2x2 counts and published estimates, the paper's known defects, the predictor rules
+(value sets, thresholds, look-back windows), the eligibility and tier rules, and every word a card says.
+A file that does not validate stops start-up with :class:`KnowledgeError`, whose message names the field.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fhir_mappings import DataRules, MappingRules, PredictorRule, Terminology
+
+from .resources import config_path
+
+# The public contract (DESIGN.md): every card's extension carries these predictors, and these outcomes exist.
+PREDICTOR_IDS: tuple[str, ...] = (
+    "anti_nxp2_positive",
+    "jdm_diagnosis",
+    "bmi_lt_15",
+    "muscle_strength_le_3",
+    "edema",
+    "skin_ulcer",
+    "bulbar_weakness",
+    "ild",
+    "ana_positive",
+    "ro52_positive",
+    "cd4_cd8_lt_1_4",
+    "ferritin_gt_200",
+)
+OUTCOME_IDS: tuple[str, ...] = ("refractory", "gi_perforation_death")
+Tier = Literal["critical", "warning", "info"]
+TIER_ORDER: Mapping[str, int] = {"info": 0, "warning": 1, "critical": 2}
+
+_PUBLISHED = re.compile(r"^(?:[<>]\s*)?(?:\d+(?:\.\d*)?|\.\d+)$")
+
+
+class KnowledgeError(ValueError):
+    """The knowledge base cannot be used; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceInfo(_Model):
+    id: str
+    version: str
+    label: str
+    citation: str
+    doi: str
+    url: str
+    license: str
+    cohort: str
+    method: str
+    caveat: str
+
+
+class Eligibility(_Model):
+    requires_present: tuple[str, ...] = Field(min_length=1)
+    max_age_years: int = Field(gt=0)
+    screening_requires_present: tuple[str, ...] = ()
+    screening_requires_unknown: tuple[str, ...] = ()
+
+
+class OrderSpec(_Model):
+    """What a suggestion orders when the predictor is not assessed."""
+
+    text: str
+    system: str | None = None
+    code: str | None = None
+    display: str | None = None
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _code_needs_system(self) -> OrderSpec:
+        if (self.code is None) != (self.system is None):
+            raise ValueError("order.system and order.code go together")
+        return self
+
+
+class Predictor(_Model):
+    label: str
+    short: str
+    test: str
+    caveat: str | None = None
+    rule: PredictorRule
+    order: OrderSpec | None = None
+
+
+class GroupCount(_Model):
+    label: str
+    events: int = Field(ge=0)
+    n: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _events_within_group(self) -> GroupCount:
+        if self.events > self.n:
+            raise ValueError(f"events ({self.events}) exceed the group size ({self.n})")
+        return self
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.n
+
+
+class Published(_Model):
+    """Estimates exactly as printed (strings keep the precision and the caps ``>999.999`` / ``<.0001``)."""
+
+    beta: str
+    odds_ratio: str
+    ci_low: str
+    ci_high: str
+    p: str
+
+    @field_validator("beta", "odds_ratio", "ci_low", "ci_high", "p")
+    @classmethod
+    def _printed_number(cls, value: str) -> str:
+        if not _PUBLISHED.match(value.strip()):
+            raise ValueError(f"{value!r} is not a printed number (like 0.0041, >999.999 or <.0001)")
+        return value.strip()
+
+
+class PublishedRatio(_Model):
+    reference: str
+    exposed: str
+
+
+class Row(_Model):
+    """One row of the paper's table: a 2x2 table (reference vs exposed group) and its estimates."""
+
+    row: str
+    label: str
+    predictor: str | None = None
+    reference: GroupCount
+    exposed: GroupCount
+    published: Published
+    published_ratio: PublishedRatio | None = None
+    p_two_sided: str | None = None
+    defects: tuple[str, ...] = ()
+    note: str | None = None
+
+    @property
+    def zero_cell(self) -> bool:
+        cells = (
+            self.reference.events,
+            self.reference.n - self.reference.events,
+            self.exposed.events,
+            self.exposed.n - self.exposed.events,
+        )
+        return 0 in cells
+
+    @property
+    def n(self) -> int:
+        return self.reference.n + self.exposed.n
+
+
+class TierRule(_Model):
+    tier: Tier
+    min_present: int = Field(default=0, ge=0)
+    min_unknown: int = Field(default=0, ge=0)
+
+
+class Outcome(_Model):
+    label: str
+    short: str
+    table: str
+    definition: str
+    events: int = Field(ge=0)
+    n: int = Field(gt=0)
+    drivers: tuple[str, ...] = Field(min_length=1)
+    tiers: tuple[TierRule, ...] = Field(min_length=1)
+    rows: tuple[Row, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Outcome:
+        names = [r.row for r in self.rows]
+        if len(set(names)) != len(names):
+            raise ValueError("rows: row ids must be unique")
+        if len(set(self.drivers)) != len(self.drivers):
+            raise ValueError("drivers must be unique")
+        with_rows = {r.predictor for r in self.rows if r.predictor}
+        missing = [d for d in self.drivers if d not in with_rows]
+        if missing:
+            raise ValueError(f"drivers without a row: {missing}")
+        return self
+
+    def row_for(self, predictor_id: str) -> Row | None:
+        return next((r for r in self.rows if r.predictor == predictor_id), None)
+
+
+class Defect(_Model):
+    title: str
+    text: str
+
+
+class OutcomeWording(_Model):
+    intro: str
+    critical: str | None = None
+    warning: str | None = None
+    info: str | None = None
+
+    def summary(self, tier: str) -> str | None:
+        value: str | None = getattr(self, tier)
+        return value
+
+
+class ScreeningWording(_Model):
+    summary: str = Field(max_length=139)
+    detail: str
+
+
+class OverrideReason(_Model):
+    code: str
+    display: str
+
+
+class Wording(_Model):
+    indicator_labels: dict[Tier, str]
+    state_labels: dict[Literal["present", "absent", "unknown"], str]
+    override_reason_system: str
+    not_assessed_heading: str
+    other_factors_heading: str
+    defects_heading: str
+    evidence_heading: str
+    table_headers: tuple[str, str, str, str, str, str]
+    one_sided_footnote: str
+    suggestion_label: str
+    suggestion_reason: str
+    lookback_text: str
+    lookback_unlimited_text: str
+    basis: dict[str, str]
+    outcomes: dict[str, OutcomeWording]
+    screening: ScreeningWording
+    override_reasons: tuple[OverrideReason, ...] = Field(min_length=1)
+
+
+BASIS_CODES = (
+    "reported",
+    "computed",
+    "condition",
+    "observation",
+    "condition-despite-later-observation",
+    "no-record",
+    "equivocal",
+    "outside-lookback",
+    "no-data",
+    "unreadable",
+)
+
+
+class KnowledgeBase(_Model):
+    schema_version: Literal[1]
+    source: SourceInfo
+    eligibility: Eligibility
+    data_rules: DataRules
+    predictors: dict[str, Predictor]
+    outcomes: dict[str, Outcome]
+    defects: dict[str, Defect]
+    wording: Wording
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> KnowledgeBase:
+        missing = [p for p in PREDICTOR_IDS if p not in self.predictors]
+        if missing:
+            raise ValueError(f"predictors: the contract's predictor ids are missing: {missing}")
+        missing_outcomes = [o for o in OUTCOME_IDS if o not in self.outcomes]
+        if missing_outcomes:
+            raise ValueError(f"outcomes: the contract's outcome ids are missing: {missing_outcomes}")
+        known = set(self.predictors)
+        named = (
+            list(self.eligibility.requires_present)
+            + list(self.eligibility.screening_requires_present)
+            + list(self.eligibility.screening_requires_unknown)
+        )
+        for outcome_id, outcome in self.outcomes.items():
+            named += list(outcome.drivers)
+            named += [r.predictor for r in outcome.rows if r.predictor]
+            for row in outcome.rows:
+                unknown_defects = [d for d in row.defects if d not in self.defects]
+                if unknown_defects:
+                    raise ValueError(f"outcomes.{outcome_id}.rows.{row.row}: unknown defects {unknown_defects}")
+            wording = self.wording.outcomes.get(outcome_id)
+            if wording is None:
+                raise ValueError(f"wording.outcomes.{outcome_id} is missing")
+            for rule in outcome.tiers:
+                if wording.summary(rule.tier) is None:
+                    raise ValueError(f"wording.outcomes.{outcome_id}.{rule.tier}: summary template missing")
+        unknown = sorted({p for p in named if p not in known})
+        if unknown:
+            raise ValueError(f"unknown predictor ids referenced: {unknown}")
+        missing_basis = [b for b in BASIS_CODES if b not in self.wording.basis]
+        if missing_basis:
+            raise ValueError(f"wording.basis: missing {missing_basis}")
+        return self
+
+    # -- derived views -------------------------------------------------------------------------------
+    def mapping_rules(self) -> MappingRules:
+        return MappingRules(predictors={pid: p.rule for pid, p in self.predictors.items()}, data=self.data_rules)
+
+    def local_code_targets(self, local_codes: Mapping[str, list[str]]) -> dict[str, list[str]]:
+        """``[mappings.local_codes]`` keys are predictor ids (their first value set) or value set ids."""
+        out: dict[str, list[str]] = {}
+        for key, tokens in local_codes.items():
+            target = self.predictors[key].rule.valuesets[0] if key in self.predictors else key
+            out.setdefault(target, []).extend(tokens)
+        return out
+
+    def check_terminology(self, terminology: Terminology) -> None:
+        """Every value set a rule names must exist."""
+        for pid, predictor in self.predictors.items():
+            missing = [c for c in predictor.rule.concepts() if c not in terminology.concepts]
+            if missing:
+                raise KnowledgeError(f"predictors.{pid}.rule: unknown value sets {missing}")
+
+    def outcome_ids_driven_by(self, predictor_id: str) -> tuple[str, ...]:
+        return tuple(oid for oid, o in self.outcomes.items() if predictor_id in o.drivers)
+
+
+def default_knowledge_file() -> Path:
+    return config_path("knowledge.toml")
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        lines.append(f"{path}: {where}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def parse_knowledge(data: Mapping[str, Any], *, origin: Path) -> KnowledgeBase:
+    try:
+        return KnowledgeBase.model_validate(data)
+    except ValidationError as exc:
+        raise KnowledgeError(_format_errors(origin, exc)) from exc
+
+
+def load_knowledge(path: Path | None = None) -> KnowledgeBase:
+    """Read and validate a knowledge base TOML file (default: the shipped ``config/knowledge.toml``)."""
+    target = path or default_knowledge_file()
+    try:
+        data = tomllib.loads(target.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KnowledgeError(f"{target}: cannot be read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise KnowledgeError(f"{target}: not valid TOML: {exc}") from exc
+    return parse_knowledge(data, origin=target)

@@ -1,0 +1,130 @@
+"""Typed settings, layered (later wins):
+
+1. ``config/default.toml`` (shipped),
+2. the TOML file named by ``NXP2_CDS_CONFIG``,
+3. ``NXP2_CDS_*`` environment variables (nested keys with ``__``: ``NXP2_CDS_FHIR__ALLOW_HTTP=true``),
+4. keyword overrides (tests, the command line).
+
+Validated at start-up: a bad value stops the service with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .resources import config_path
+
+CONFIG_ENV = "NXP2_CDS_CONFIG"
+
+
+class SettingsError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IssuerSettings(_Section):
+    iss: str = Field(min_length=1)
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    jku_allowlist: tuple[str, ...] = ()
+    """``jku`` header values this issuer may point to (besides ``jwks_url``)."""
+    tenants: tuple[str, ...] | None = None
+    """When set, the token's ``tenant`` claim must be one of these."""
+
+
+class AuthSettings(_Section):
+    mode: Literal["required", "disabled"] = "required"
+    issuers: tuple[IssuerSettings, ...] = ()
+    algorithms: tuple[str, ...] = ("ES384", "RS384")
+    leeway_seconds: int = Field(default=60, ge=0, le=600)
+    max_token_lifetime_seconds: int = Field(default=3600, gt=0)
+    jwks_cache_seconds: int = Field(default=600, ge=0)
+    jwks_timeout_seconds: float = Field(default=3.0, gt=0)
+
+
+class FhirSettings(_Section):
+    allowed_servers: tuple[str, ...] = ()
+    """``fhirServer`` values (base URLs) the service may call; anything else is refused without a request."""
+    allow_http: bool = False
+    request_timeout_seconds: float = Field(default=2.0, gt=0)
+    deadline_seconds: float = Field(default=4.0, gt=0)
+    """Overall budget for all FHIR requests of one hook call."""
+    max_pages: int = Field(default=10, ge=1)
+    max_response_bytes: int = Field(default=20_000_000, gt=0)
+
+
+class CorsSettings(_Section):
+    allowed_origins: tuple[str, ...] = ("*",)
+
+
+class MappingSettings(_Section):
+    local_codes: dict[str, list[str]] = Field(default_factory=dict)
+    """Predictor id (its first value set) or value set id → ``["system|code", …]``."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NXP2_CDS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    public_base_url: str | None = None
+    """The service's external URL (behind a proxy): JWT ``aud`` checks and evidence links use it."""
+    database_url: str = "sqlite:///nxp2-cds.sqlite3"
+    knowledge_file: Path | None = None
+    max_body_bytes: int = Field(default=10_000_000, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    auth: AuthSettings = AuthSettings()
+    fhir: FhirSettings = FhirSettings()
+    cors: CorsSettings = CorsSettings()
+    mappings: MappingSettings = MappingSettings()
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        named = os.environ.get(CONFIG_ENV)
+        if named:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(named)))
+        sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_path("default.toml")))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from every layer; raises :class:`SettingsError` naming the key when invalid."""
+    named = os.environ.get(CONFIG_ENV)
+    if named and not Path(named).is_file():
+        raise SettingsError(f"{CONFIG_ENV}={named}: no such file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or '(settings)'}: {e['msg']}" for e in exc.errors()]
+        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from exc
+    except ValueError as exc:  # e.g. a TOML syntax error in the named file
+        raise SettingsError(f"invalid configuration: {exc}") from exc
