@@ -1,0 +1,105 @@
+"""The ``nxp2-cds`` command."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from pydantic import ValidationError
+
+from .cards import CardContext
+from .engine import Engine
+from .knowledge import KnowledgeError
+from .protocol import HookRequest, PatientViewContext
+from .settings import Settings, SettingsError, load_settings
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"nxp2-cds: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+def _engine(settings: Settings) -> Engine:
+    try:
+        return Engine.load(settings.knowledge_file, settings.mappings.local_codes)
+    except KnowledgeError as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+def _parse_at(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"--at {value!r} is not an ISO-8601 date or date-time")
+        raise
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nxp2-cds")
+def main() -> None:
+    """nxp2-cds: CDS Hooks service for anti-NXP2 positive juvenile dermatomyositis."""
+
+
+@main.command()
+@click.argument("request_file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option("--at", "at", metavar="ISO-8601", help="Evaluation time (default: now).")
+def evaluate(request_file: Path, at: str | None) -> None:
+    """Evaluate a patient-view REQUEST_FILE whose prefetch holds the data; print the CDS Hooks response.
+
+    Offline: nothing is fetched. Prefetch keys that hold an OperationOutcome are reported and ignored."""
+    raw = sys.stdin.buffer.read() if str(request_file) == "-" else _read(request_file)
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        _fail(f"{request_file}: not JSON: {exc}")
+    try:
+        request = HookRequest.model_validate(document)
+        context = PatientViewContext.model_validate(request.context)
+    except ValidationError as exc:
+        _fail(f"{request_file}: not a CDS Hooks patient-view request: {_first_error(exc)}")
+        raise
+    if request.hook != "patient-view":
+        _fail(f"{request_file}: hook {request.hook!r} is not supported (patient-view only)")
+    resources: list[Any] = []
+    for key, value in (request.prefetch or {}).items():
+        if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
+            click.echo(f"nxp2-cds: prefetch {key!r} holds an OperationOutcome; ignored", err=True)
+        elif value is not None:
+            resources.append(value)
+    engine = _engine(_settings())
+    assessment = engine.assess(resources, patient_id=context.patientId, at=_parse_at(at))
+    cards = engine.cards(
+        assessment,
+        CardContext(hook_instance=request.hookInstance, patient_id=context.patientId, user_id=context.userId),
+    )
+    click.echo(orjson.dumps({"cards": cards}, option=orjson.OPT_INDENT_2).decode())
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        _fail(f"{path}: {exc.strerror or exc}")
+        raise
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"])
+    return f"{where}: {error['msg']}" if where else str(error["msg"])

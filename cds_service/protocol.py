@@ -1,0 +1,65 @@
+"""Pydantic models of the CDS Hooks 2.0 wire format that the service reads.
+
+Requests are validated here and nowhere else. Prefetch values are *not* modelled: they are FHIR resources,
+read by ``fhir_mappings`` straight from JSON (validating a whole chart with pydantic would be slow and is not
+needed to use it). Requests from CDS Hooks 1.0 clients fit the same models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+USER_REFERENCE = r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
+
+
+class FhirAuthorization(BaseModel):
+    """The OAuth 2.0 access token the client grants the service for its FHIR server. Never logged."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+
+    access_token: str = Field(min_length=1, repr=False)
+    token_type: str
+    expires_in: int = Field(ge=0)
+    scope: str = Field(min_length=1)
+    subject: str = Field(min_length=1)
+    patient: str | None = None
+
+    @field_validator("token_type")
+    @classmethod
+    def _bearer(cls, value: str) -> str:
+        if value.lower() != "bearer":
+            raise ValueError("token_type must be 'Bearer'")
+        return "Bearer"
+
+
+class HookRequest(BaseModel):
+    """A CDS Hooks service request (any hook); the context is checked per hook."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+
+    hook: str = Field(min_length=1, max_length=128)
+    hookInstance: str = Field(min_length=1, max_length=128)
+    fhirServer: str | None = Field(default=None, min_length=1, max_length=2048)
+    fhirAuthorization: FhirAuthorization | None = None
+    context: dict[str, Any]
+    prefetch: dict[str, Any] | None = None
+    extension: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _authorization_needs_server(self) -> HookRequest:
+        if self.fhirAuthorization is not None and self.fhirServer is None:
+            raise ValueError("fhirAuthorization requires fhirServer")
+        return self
+
+
+class PatientViewContext(BaseModel):
+    """``patient-view`` context (CDS Hooks library, hookVersion 1.0)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
+
+    userId: str = Field(pattern=USER_REFERENCE)
+    patientId: str = Field(pattern=FHIR_ID)
+    encounterId: str | None = Field(default=None, pattern=FHIR_ID)
