@@ -23,7 +23,8 @@ SUMMARY_MAX = 139
 EXTENSION_KEY = "nxp2-cds.assessment"
 EXTENSION_VERSION = 1
 _CARD_NAMESPACE = uuid.UUID("6f0c2d4e-5b1a-4c47-9a0e-2f7f4b1d9c33")
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+_HTML_SPECIAL = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ def render_cards(assessment: Assessment, knowledge: KnowledgeBase, context: Card
 
 def escape_markdown(text: str) -> str:
     """Make untrusted text inert inside GitHub-flavoured markdown (and a table cell)."""
-    flat = " ".join(text.split())
+    flat = "".join(_HTML_SPECIAL.get(ch, ch) for ch in " ".join(text.split()))
     return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
 
 

@@ -13,6 +13,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from scipy.stats import fisher_exact, nchypergeom_fisher
 from scipy.stats.contingency import odds_ratio
@@ -87,10 +88,10 @@ def _estimate(row: Row) -> ExactEstimate:
     return exact_conditional_estimate(*row.counts)
 
 
-def _table(counts: tuple[int, int, int, int]) -> list[list[int]]:
+def _table(counts: tuple[int, int, int, int]) -> npt.NDArray[np.int64]:
     """2x2 table in scipy's orientation: exposed row first, events column first."""
     ref_events, ref_n, exp_events, exp_n = counts
-    return [[exp_events, exp_n - exp_events], [ref_events, ref_n - ref_events]]
+    return np.array([[exp_events, exp_n - exp_events], [ref_events, ref_n - ref_events]], dtype=np.int64)
 
 
 ZERO_CELL_ROWS = [row for row in ROWS if _has_zero_cell(row.counts)]
