@@ -104,37 +104,44 @@ class _Renderer:
                 "driver_count": len(outcome.drivers),
             },
         )
-        card_uuid = self._uuid(result.outcome_id)
+        return self._card(
+            result.outcome_id,
+            summary,
+            self._risk_detail(result, outcome),
+            result.tier,
+            result.unknown,
+            self._extension(result.outcome_id, result.tier, outcome.drivers),
+        )
+
+    def screening_card(self) -> dict[str, Any]:
+        wording = self.words.screening
+        return self._card(
+            "screening",
+            fit_summary(wording.summary, {}, {}),
+            "\n\n".join([wording.detail, self._evidence_block()]),
+            "info",
+            self.kb.eligibility.screening_requires_unknown,
+            self._extension(None, "info", ()),
+        )
+
+    def _card(
+        self,
+        name: str,
+        summary: str,
+        detail: str,
+        indicator: str,
+        missing: Iterable[str],
+        extension: dict[str, Any],
+    ) -> dict[str, Any]:
+        card_uuid = self._uuid(name)
         card: dict[str, Any] = {
             "uuid": card_uuid,
             "summary": summary,
-            "detail": self._risk_detail(result, outcome),
-            "indicator": result.tier,
-            "source": self._source(),
-        }
-        suggestions = self._suggestions(card_uuid, result.unknown)
-        if suggestions:
-            card["suggestions"] = suggestions
-            card["selectionBehavior"] = "any"
-        card["overrideReasons"] = self._override_reasons()
-        links = self._links()
-        if links:
-            card["links"] = links
-        card["extension"] = {EXTENSION_KEY: self._extension(result.outcome_id, result.tier, outcome.drivers)}
-        return card
-
-    def screening_card(self) -> dict[str, Any]:
-        card_uuid = self._uuid("screening")
-        wording = self.words.screening
-        detail = "\n\n".join([wording.detail, self._evidence_block()])
-        card: dict[str, Any] = {
-            "uuid": card_uuid,
-            "summary": fit_summary(wording.summary, {}, {}),
             "detail": detail,
-            "indicator": "info",
+            "indicator": indicator,
             "source": self._source(),
         }
-        suggestions = self._suggestions(card_uuid, self.kb.eligibility.screening_requires_unknown)
+        suggestions = self._suggestions(card_uuid, missing)
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "any"
@@ -142,7 +149,7 @@ class _Renderer:
         links = self._links()
         if links:
             card["links"] = links
-        card["extension"] = {EXTENSION_KEY: self._extension(None, "info", ())}
+        card["extension"] = {EXTENSION_KEY: extension}
         return card
 
     # -- parts ---------------------------------------------------------------------------------------

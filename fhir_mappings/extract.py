@@ -331,7 +331,6 @@ class _Run:
         unit: str | None,
         stale: _Item | None,
         lookback_days: int | None,
-        prefer_high: bool = True,
     ) -> PredictorFinding:
         """Newest decisive option wins; at equal times, meeting the predictor wins, then severity."""
         options.sort(key=lambda o: o.when or _EPOCH, reverse=True)
@@ -352,7 +351,7 @@ class _Run:
             if decisive:
                 met = [r for r in decisive if r.decisive]
                 pool = met or decisive
-                chosen = max(pool, key=lambda r: r.severity if prefer_high else -r.severity)
+                chosen = max(pool, key=lambda r: r.severity)
                 for reading in decisive:
                     self._use(reading)
                 return PredictorFinding(
@@ -536,6 +535,7 @@ class _Run:
         )
 
     def read_ratio_direct(self, item: _Item) -> tuple[float, tuple[Source, ...]] | None:
+        """A ratio reported as a number (valueQuantity, valueRatio or a numeric string)."""
         if not self.valid(item.resource):
             return None
         part = item.part
@@ -587,108 +587,96 @@ def _grade(run: _Run, pid: str, rule: GradeRule) -> PredictorFinding:
     return run.decide(pid, options, unit=None, stale=stale, lookback_days=rule.lookback_days)
 
 
-def _ratio(run: _Run, pid: str, rule: RatioRule) -> PredictorFinding:
-    items, stale = run.window(rule.concepts(), rule.lookback_days)
-    by_concept: dict[str, list[_Item]] = {}
-    for item in items:
-        by_concept.setdefault(item.concept, []).append(item)
+def _measured(
+    rule: RatioRule | BmiRule, value: float, items: tuple[_Item, ...], sources: tuple[Source, ...], basis: str
+) -> _Reading:
+    """A reading of a measured (or computed) value against the rule's threshold."""
+    decisive = meets(value, None, rule.operator, rule.threshold)
+    return _Reading(decisive, _round(value), rule.unit, items, sources, basis=basis, severity=_severity(rule, value))
+
+
+def _direct_or_paired(
+    run: _Run,
+    pid: str,
+    rule: RatioRule | BmiRule,
+    items: list[_Item],
+    stale: _Item | None,
+    read_direct: Callable[[_Item], tuple[float, tuple[Source, ...]] | None],
+    pairs: list[tuple[list[_Item], list[_Item], timedelta]],
+    compute: Callable[[_Item, _Item], tuple[float, tuple[Source, ...]] | None],
+) -> PredictorFinding:
+    """A value reported directly (items of ``rule.valuesets``), or computed from two results taken close
+    together; the newest decides."""
 
     def direct(item: _Item) -> Callable[[], _Reading | None]:
         def read() -> _Reading | None:
-            got = run.read_ratio_direct(item)
-            if got is None:
-                return None
-            value, sources = got
-            decisive = meets(value, None, rule.operator, rule.threshold)
-            return _Reading(decisive, _round(value), rule.unit, (item,), sources, severity=_severity(rule, value))
+            got = read_direct(item)
+            return None if got is None else _measured(rule, got[0], (item,), got[1], BASIS_REPORTED)
 
         return read
 
-    def computed(numerator: _Item, denominator: _Item) -> Callable[[], _Reading | None]:
+    def computed(top: _Item, bottom: _Item) -> Callable[[], _Reading | None]:
         def read() -> _Reading | None:
-            if not (run.valid(numerator.resource) and run.valid(denominator.resource)):
-                return None
-            top_q, bottom_q = numerator.part.get("valueQuantity"), denominator.part.get("valueQuantity")
-            if not isinstance(top_q, dict) or not isinstance(bottom_q, dict):
-                run.skip(numerator.resource, "no-value")
-                return None
-            top = as_number(top_q.get("value"))
-            top_unit = run.units.ucum_of(top_q) or "1"
-            bottom = (
-                run.normalise(bottom_q, top_unit) if run.units.ucum_of(bottom_q) else as_number(bottom_q.get("value"))
-            )
-            if top is None or bottom is None or bottom <= 0:
-                run.skip(numerator.resource, "unit-not-convertible")
-                return None
-            value = top / bottom
-            decisive = meets(value, None, rule.operator, rule.threshold)
-            sources = (run.source(numerator, None, None), run.source(denominator, None, None))
-            return _Reading(
-                decisive,
-                _round(value),
-                rule.unit,
-                (numerator, denominator),
-                sources,
-                basis=BASIS_COMPUTED,
-                severity=_severity(rule, value),
-            )
+            got = compute(top, bottom)
+            return None if got is None else _measured(rule, got[0], (top, bottom), got[1], BASIS_COMPUTED)
 
         return read
 
-    options = [_Option(i.when, i.when_raw, direct(i)) for c in rule.valuesets for i in by_concept.get(c, ())]
-    gap = timedelta(minutes=rule.pair_max_gap_minutes)
-    for top_concept, bottom_concept in rule.pairs:
-        for top, bottom in _pairs(by_concept.get(top_concept, []), by_concept.get(bottom_concept, []), gap):
+    options = [_Option(i.when, i.when_raw, direct(i)) for i in items if i.concept in rule.valuesets]
+    for tops, bottoms, gap in pairs:
+        for top, bottom in _pairs(tops, bottoms, gap):
             options.append(_Option(_later(top, bottom), _later_raw(top, bottom), computed(top, bottom)))
-    return run.decide(pid, options, unit=rule.unit, stale=stale, lookback_days=rule.lookback_days, prefer_high=True)
+    return run.decide(pid, options, unit=rule.unit, stale=stale, lookback_days=rule.lookback_days)
+
+
+def _ratio(run: _Run, pid: str, rule: RatioRule) -> PredictorFinding:
+    items, stale = run.window(rule.concepts(), rule.lookback_days)
+
+    def compute(numerator: _Item, denominator: _Item) -> tuple[float, tuple[Source, ...]] | None:
+        if not (run.valid(numerator.resource) and run.valid(denominator.resource)):
+            return None
+        top_q, bottom_q = numerator.part.get("valueQuantity"), denominator.part.get("valueQuantity")
+        if not isinstance(top_q, dict) or not isinstance(bottom_q, dict):
+            run.skip(numerator.resource, "no-value")
+            return None
+        top = as_number(top_q.get("value"))
+        top_unit = run.units.ucum_of(top_q) or "1"
+        bottom = run.normalise(bottom_q, top_unit) if run.units.ucum_of(bottom_q) else as_number(bottom_q.get("value"))
+        if top is None or bottom is None or bottom <= 0:
+            run.skip(numerator.resource, "unit-not-convertible")
+            return None
+        return top / bottom, (run.source(numerator, None, None), run.source(denominator, None, None))
+
+    gap = timedelta(minutes=rule.pair_max_gap_minutes)
+    pairs = [
+        ([i for i in items if i.concept == top], [i for i in items if i.concept == bottom], gap)
+        for top, bottom in rule.pairs
+    ]
+    return _direct_or_paired(run, pid, rule, items, stale, run.read_ratio_direct, pairs, compute)
 
 
 def _bmi(run: _Run, pid: str, rule: BmiRule) -> PredictorFinding:
     items, stale = run.window(rule.concepts(), rule.lookback_days)
-    direct_items = [i for i in items if i.concept in rule.valuesets]
+
+    def read_direct(item: _Item) -> tuple[float, tuple[Source, ...]] | None:
+        value = run.read_measure(item, rule.unit)
+        return None if value is None else (value, (run.source(item, _round(value), rule.unit),))
+
+    def compute(weight: _Item, height: _Item) -> tuple[float, tuple[Source, ...]] | None:
+        kg = run.read_measure(weight, rule.weight_unit)
+        metres = run.read_measure(height, rule.height_unit)
+        if kg is None or metres is None:
+            return None
+        sources = (
+            run.source(weight, _round(kg), rule.weight_unit),
+            run.source(height, _round(metres), rule.height_unit),
+        )
+        return kg / (metres * metres), sources
+
     weights = [i for i in items if i.concept in rule.weight_valuesets]
     heights = [i for i in items if i.concept in rule.height_valuesets]
-
-    def direct(item: _Item) -> Callable[[], _Reading | None]:
-        def read() -> _Reading | None:
-            value = run.read_measure(item, rule.unit)
-            if value is None:
-                return None
-            decisive = meets(value, None, rule.operator, rule.threshold)
-            sources = (run.source(item, _round(value), rule.unit),)
-            return _Reading(decisive, _round(value), rule.unit, (item,), sources, severity=_severity(rule, value))
-
-        return read
-
-    def computed(weight: _Item, height: _Item) -> Callable[[], _Reading | None]:
-        def read() -> _Reading | None:
-            kg = run.read_measure(weight, rule.weight_unit)
-            metres = run.read_measure(height, rule.height_unit)
-            if kg is None or metres is None:
-                return None
-            value = kg / (metres * metres)
-            decisive = meets(value, None, rule.operator, rule.threshold)
-            sources = (
-                run.source(weight, _round(kg), rule.weight_unit),
-                run.source(height, _round(metres), rule.height_unit),
-            )
-            return _Reading(
-                decisive,
-                _round(value),
-                rule.unit,
-                (weight, height),
-                sources,
-                basis=BASIS_COMPUTED,
-                severity=_severity(rule, value),
-            )
-
-        return read
-
-    options = [_Option(i.when, i.when_raw, direct(i)) for i in direct_items]
-    gap = timedelta(days=rule.pair_max_gap_days)
-    for weight, height in _pairs(weights, heights, gap):
-        options.append(_Option(_later(weight, height), _later_raw(weight, height), computed(weight, height)))
-    return run.decide(pid, options, unit=rule.unit, stale=stale, lookback_days=rule.lookback_days)
+    pairs = [(weights, heights, timedelta(days=rule.pair_max_gap_days))]
+    return _direct_or_paired(run, pid, rule, items, stale, read_direct, pairs, compute)
 
 
 def _finding(run: _Run, pid: str, rule: FindingRule) -> PredictorFinding:
