@@ -7,9 +7,9 @@ needed to use it). Requests from CDS Hooks 1.0 clients fit the same models.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 USER_REFERENCE = r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
@@ -63,3 +63,51 @@ class PatientViewContext(BaseModel):
     userId: str = Field(pattern=USER_REFERENCE)
     patientId: str = Field(pattern=FHIR_ID)
     encounterId: str | None = Field(default=None, pattern=FHIR_ID)
+
+
+class Coding(BaseModel):
+    """CDS Hooks 2.0 Coding."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    system: str = Field(min_length=1, max_length=1024)
+    code: str = Field(min_length=1, max_length=256)
+    display: str | None = Field(default=None, min_length=1, max_length=1024)
+
+
+class OverrideReason(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    reason: Coding | None = None
+    userComment: str | None = Field(default=None, min_length=1, max_length=4000)  # noqa: N815
+
+
+class AcceptedSuggestion(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1, max_length=128)
+
+
+class FeedbackItem(BaseModel):
+    """One feedback entry (CDS Hooks 2.0 §Feedback)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+
+    card: str = Field(min_length=1, max_length=128)
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: tuple[AcceptedSuggestion, ...] | None = Field(default=None, min_length=1, max_length=100)  # noqa: N815
+    overrideReason: OverrideReason | None = None  # noqa: N815
+    outcomeTimestamp: AwareDatetime  # noqa: N815
+    extension: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _accepted_names_suggestions(self) -> FeedbackItem:
+        if self.outcome == "accepted" and not self.acceptedSuggestions:
+            raise ValueError("acceptedSuggestions is required when the outcome is 'accepted'")
+        return self
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
+
+    feedback: tuple[FeedbackItem, ...] = Field(min_length=1, max_length=1000)
