@@ -103,6 +103,14 @@ class Terminology:
             return c.replace(".", "").upper()
         return c
 
+    def is_dotless(self, canonical_system: str) -> bool:
+        """ICD-10 systems, whose codes are compared without the dot (and never used as Observation codes)."""
+        return canonical_system in self._dotless
+
+    def codes_of(self, concept_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """Every ``(system, code)`` of the given concepts, local codes included, sorted and unique."""
+        return sorted({(c.system, c.code) for cid in concept_ids for c in self.concepts[cid].codes})
+
     # -- matching ------------------------------------------------------------------------------------
     def concepts_for(self, system: object, code: object) -> frozenset[str]:
         """The concept ids a ``(system, code)`` coding belongs to (empty when none or malformed)."""
