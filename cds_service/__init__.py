@@ -5,4 +5,70 @@ Importing this package has no side effects; the HTTP application is built by :fu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    import requests
+    from flask import Flask
+
+    from .engine import Engine
+    from .feedback import CardRecorder, Store
+    from .settings import Settings
+
+
+class StartupError(RuntimeError):
+    """The service cannot start with this configuration; the message says what to do."""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    store: Store | None = None,
+    recorder: CardRecorder | None = None,
+    session: requests.Session | None = None,
+    clock: Callable[[], datetime] | None = None,
+    migrate: bool = False,
+) -> Flask:
+    """Build the WSGI application. Everything is loaded and validated here, once per process: settings, the
+    knowledge base and value sets, the database (whose schema must be current, or ``migrate=True``)."""
+    from flask import Flask
+    from flask_cors import CORS
+
+    from . import api, errors
+    from .engine import Engine
+    from .feedback import CardRecorder, Store
+    from .fhir_client import new_session
+    from .knowledge import KnowledgeError
+    from .settings import SettingsError, load_settings
+
+    try:
+        settings = settings or load_settings()
+        engine = engine or Engine.load(settings.knowledge_file, settings.mappings.local_codes)
+    except (SettingsError, KnowledgeError) as exc:
+        raise StartupError(str(exc)) from exc
+    store = store or Store(settings.database_url)
+    if migrate:
+        store.migrate()
+    elif not store.schema_is_current():
+        raise StartupError("the database schema is not current: run `nxp2-cds migrate` first")
+    recorder = recorder or CardRecorder(store)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    CORS(
+        app,
+        resources={r"/cds-services*": {}},
+        origins=list(settings.cors.allowed_origins),
+        allow_headers=["Authorization", "Content-Type"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=86400,
+    )
+    errors.init_app(app)
+    api.init_app(app, api.Runtime.build(settings, engine, store, recorder, session or new_session(), clock))
+    return app

@@ -91,6 +91,46 @@ def evaluate(request_file: Path, at: str | None) -> None:
     click.echo(orjson.dumps({"cards": cards}, option=orjson.OPT_INDENT_2).decode())
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Worker processes (default: CPU count, at least 2).")
+@click.option("--threads", type=click.IntRange(1, 256), help="Threads per worker (default: 4).")
+@click.option(
+    "--migrate/--no-migrate",
+    default=None,
+    help="Apply database migrations before serving (default: yes for SQLite, no otherwise).",
+)
+def serve(host: str, port: int, workers: int | None, threads: int | None, migrate: bool | None) -> None:
+    """Run the CDS Hooks service with the production server (gunicorn)."""
+    from . import StartupError, create_app
+    from .feedback import Store
+    from .server import run
+
+    settings = _settings()
+    store = Store(settings.database_url)
+    if migrate or (migrate is None and settings.database_url.startswith("sqlite")):
+        store.migrate()
+    try:
+        create_app(settings, store=store)  # fail here, once, with a clear message rather than in every worker
+    except StartupError as exc:
+        _fail(str(exc))
+    finally:
+        store.dispose()
+    click.echo(f"nxp2-cds: serving CDS Hooks on http://{host}:{port}/cds-services", err=True)
+    run(host, port, workers=workers, threads=threads)
+
+
+def _register_database_commands() -> None:
+    from .cli_db import feedback, migrate
+
+    main.add_command(migrate)
+    main.add_command(feedback)
+
+
+_register_database_commands()
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -103,3 +143,7 @@ def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(p) for p in error["loc"])
     return f"{where}: {error['msg']}" if where else str(error["msg"])
+
+
+if __name__ == "__main__":
+    main()

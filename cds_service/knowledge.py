@@ -221,6 +221,14 @@ class OverrideReason(_Model):
     display: str
 
 
+class ServiceWording(_Model):
+    """What discovery says about the service."""
+
+    title: str
+    description: str
+    usage_requirements: str
+
+
 class Wording(_Model):
     indicator_labels: dict[Tier, str]
     state_labels: dict[Literal["present", "absent", "unknown"], str]
@@ -239,6 +247,7 @@ class Wording(_Model):
     outcomes: dict[str, OutcomeWording]
     screening: ScreeningWording
     override_reasons: tuple[OverrideReason, ...] = Field(min_length=1)
+    service: ServiceWording
 
 
 BASIS_CODES = (

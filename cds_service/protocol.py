@@ -79,7 +79,7 @@ class OverrideReason(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     reason: Coding | None = None
-    userComment: str | None = Field(default=None, min_length=1, max_length=4000)  # noqa: N815
+    userComment: str | None = Field(default=None, min_length=1, max_length=4000)
 
 
 class AcceptedSuggestion(BaseModel):
@@ -95,9 +95,9 @@ class FeedbackItem(BaseModel):
 
     card: str = Field(min_length=1, max_length=128)
     outcome: Literal["accepted", "overridden"]
-    acceptedSuggestions: tuple[AcceptedSuggestion, ...] | None = Field(default=None, min_length=1, max_length=100)  # noqa: N815
-    overrideReason: OverrideReason | None = None  # noqa: N815
-    outcomeTimestamp: AwareDatetime  # noqa: N815
+    acceptedSuggestions: tuple[AcceptedSuggestion, ...] | None = Field(default=None, min_length=1, max_length=100)
+    overrideReason: OverrideReason | None = None
+    outcomeTimestamp: AwareDatetime
     extension: dict[str, Any] | None = None
 
     @model_validator(mode="after")
