@@ -8,6 +8,8 @@ from cds_service.engine import Engine
 from cds_service.knowledge import KnowledgeBase, load_knowledge
 from fhir_mappings import Terminology
 
+pytest_plugins = ["tests.http_support", "tests.db_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def engine() -> Engine:
