@@ -36,10 +36,12 @@ def create_app(
 ) -> Flask:
     """Build the WSGI application. Everything is loaded and validated here, once per process: settings, the
     knowledge base and value sets, the database (whose schema must be current, or ``migrate=True``)."""
+    import structlog
     from flask import Flask
     from flask_cors import CORS
 
-    from . import api, errors
+    from . import api, errors, logs
+    from .auth import Authenticator
     from .engine import Engine
     from .feedback import CardRecorder, Store
     from .fhir_client import new_session
@@ -48,10 +50,21 @@ def create_app(
 
     try:
         settings = settings or load_settings()
+        logs.configure(settings.log_level)
         engine = engine or Engine.load(settings.knowledge_file, settings.mappings.local_codes)
     except (SettingsError, KnowledgeError) as exc:
         raise StartupError(str(exc)) from exc
+    session = session or new_session()
     store = store or Store(settings.database_url)
+    try:
+        authenticator = Authenticator(settings.auth, replay_store=store, session=session)
+    except ValueError as exc:
+        raise StartupError(f"auth: {exc}") from exc
+    log = structlog.get_logger("nxp2_cds")
+    if not authenticator.required:
+        log.warning("AUTHENTICATION DISABLED: any caller can use this service; use only on a loopback address")
+    elif not settings.auth.issuers:
+        log.warning("no [[auth.issuers]] configured: every call will be refused with 401")
     if migrate:
         store.migrate()
     elif not store.schema_is_current():
@@ -70,5 +83,5 @@ def create_app(
         max_age=86400,
     )
     errors.init_app(app)
-    api.init_app(app, api.Runtime.build(settings, engine, store, recorder, session or new_session(), clock))
+    api.init_app(app, api.Runtime.build(settings, engine, store, recorder, session, clock, authenticator))
     return app

@@ -6,6 +6,9 @@ engine; I/O (the FHIR server, the database, the clock) stays in this module and 
 
 from __future__ import annotations
 
+import re
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,9 +16,12 @@ from typing import Any, TypeVar
 
 import orjson
 import requests
-from flask import Blueprint, Flask, Response, current_app, request
+import structlog
+from flask import Blueprint, Flask, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
+from . import openapi
+from .auth import Authenticator
 from .cards import CardContext
 from .engine import Engine
 from .errors import BadRequest, Issue, NotFound, UnsupportedMediaType
@@ -30,7 +36,11 @@ HOOK = "patient-view"
 JSON_MIMETYPES = frozenset({"application/json", "application/fhir+json"})
 
 bp = Blueprint("cds_hooks", __name__)
+docs = Blueprint("docs", __name__)
 M = TypeVar("M", bound=BaseModel)
+log = structlog.get_logger("nxp2_cds.request")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 @dataclass
@@ -45,7 +55,9 @@ class Runtime:
     policy: ServerPolicy
     templates: dict[str, str]
     discovery: bytes
+    openapi: bytes
     clock: Callable[[], datetime]
+    auth: Authenticator | None
 
     @classmethod
     def build(
@@ -56,6 +68,7 @@ class Runtime:
         recorder: CardRecorder,
         session: requests.Session,
         clock: Callable[[], datetime] | None = None,
+        auth: Authenticator | None = None,
     ) -> Runtime:
         templates = build_templates(engine)
         wording = engine.knowledge.wording.service
@@ -72,16 +85,19 @@ class Runtime:
             ]
         }
         policy = ServerPolicy(settings.fhir.allowed_servers, settings.fhir.allow_http)
+        document = openapi.build(SERVICE_ID, HOOK, auth_required=auth is not None and auth.required)
         return cls(
-            settings,
-            engine,
-            store,
-            recorder,
-            session,
-            policy,
-            templates,
-            orjson.dumps(discovery),
-            clock or (lambda: datetime.now(UTC)),
+            settings=settings,
+            engine=engine,
+            store=store,
+            recorder=recorder,
+            session=session,
+            policy=policy,
+            templates=templates,
+            discovery=orjson.dumps(discovery),
+            openapi=orjson.dumps(document),
+            clock=clock or (lambda: datetime.now(UTC)),
+            auth=auth,
         )
 
     def connect(self, fhir_server: str, token: str | None) -> FhirClient:
@@ -105,6 +121,52 @@ def runtime() -> Runtime:
 def init_app(app: Flask, rt: Runtime) -> None:
     app.extensions["nxp2_cds"] = rt
     app.register_blueprint(bp)
+    app.register_blueprint(docs)
+    app.before_request(_start_request)
+    app.after_request(_log_request)
+    app.teardown_request(_end_request)
+
+
+# -- per-request bookkeeping: request id, structured log line ------------------------------------------
+
+
+def _start_request() -> None:
+    g.started = time.perf_counter()
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    g.log_fields = {}
+    structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+
+def _log_request(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
+    service_id = (request.view_args or {}).get("service_id")
+    log.info(
+        "request",
+        method=request.method,
+        route=rule,
+        service_id=service_id if service_id == SERVICE_ID else None,
+        status=response.status_code,
+        duration_ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+        **g.get("log_fields", {}),
+    )
+    return response
+
+
+def _end_request(_: BaseException | None) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+@bp.before_request
+def _authenticate() -> None:
+    """Every CDS Hooks endpoint (discovery, service, feedback) needs a valid client JWT; CORS preflight does not."""
+    rt = runtime()
+    if request.method == "OPTIONS" or rt.auth is None or not rt.auth.required:
+        return
+    base = rt.settings.public_base_url or request.host_url.rstrip("/")
+    identity = rt.auth.authenticate(request.headers.get("Authorization"), base + request.path)
+    structlog.contextvars.bind_contextvars(client_iss=identity.issuer, client_tenant=identity.tenant)
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -151,6 +213,11 @@ def discovery() -> Response:
     return Response(runtime().discovery, mimetype="application/json")
 
 
+@docs.get("/openapi.json")
+def openapi_document() -> Response:
+    return Response(runtime().openapi, mimetype="application/json")
+
+
 @bp.post("/cds-services/<service_id>")
 def service(service_id: str) -> Response:
     rt = runtime()
@@ -163,7 +230,15 @@ def service(service_id: str) -> Response:
             issues=[Issue(f"hook: this service answers '{HOOK}' only", "not-supported", ("hook",))],
         )
     context = _validate(PatientViewContext, hook_request.context, prefix="context.")
-    resolved: Resolved = resolve(hook_request, context, rt.templates, rt.connect)
+    g.log_fields["hook_instance"] = (
+        hook_request.hookInstance if _UUID.match(hook_request.hookInstance) else "(not a uuid)"
+    )
+    resolved: Resolved = resolve(
+        hook_request, context, rt.templates, rt.connect, max_resources=rt.settings.max_prefetch_resources
+    )
+    g.log_fields.update(
+        prefetch_fetched=resolved.fetched, prefetch_paged=resolved.paged, fhir_requests=resolved.fhir_requests
+    )
     at = rt.clock()
     assessment = rt.engine.assess(resolved.resources, patient_id=context.patientId, at=at)
     cards = rt.engine.cards(
@@ -177,6 +252,13 @@ def service(service_id: str) -> Response:
     )
     if cards:
         rt.recorder.submit([IssuedCard.from_card(card, service_id=SERVICE_ID, issued_at=at) for card in cards])
+    findings = assessment.findings
+    g.log_fields.update(
+        resources_seen=findings.resources_seen,
+        resources_used=findings.resources_used,
+        eligibility=assessment.eligibility,
+        cards=[card["indicator"] for card in cards],
+    )
     return json_response({"cards": cards})
 
 
@@ -187,6 +269,7 @@ def feedback(service_id: str) -> Response:
         raise NotFound(f"No CDS service '{service_id}' here.", issues=[Issue("Unknown CDS service id.", "not-found")])
     items = _validate(FeedbackRequest, _json_body()).feedback
     result = rt.store.record_feedback(SERVICE_ID, items, rt.clock())
+    g.log_fields.update(feedback_received=len(items), feedback_stored=result.stored)
     return json_response({"received": len(items), "stored": result.stored, "duplicates": result.duplicates})
 
 

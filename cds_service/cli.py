@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,12 +104,30 @@ def evaluate(request_file: Path, at: str | None) -> None:
     help="Apply database migrations before serving (default: yes for SQLite, no otherwise).",
 )
 def serve(host: str, port: int, workers: int | None, threads: int | None, migrate: bool | None) -> None:
-    """Run the CDS Hooks service with the production server (gunicorn)."""
+    """Run the CDS Hooks service with the production server (gunicorn).
+
+    Authentication is required by default. With no [[auth.issuers]] configured, on a loopback address the service
+    runs without authentication and says so loudly; on any other address it refuses to start unless
+    [auth] mode = "disabled" is set explicitly."""
     from . import StartupError, create_app
     from .feedback import Store
     from .server import run
 
     settings = _settings()
+    if settings.auth.mode == "required" and not settings.auth.issuers:
+        if not is_loopback(host):
+            _fail(
+                f"refusing to serve on {host} without authentication: configure [[auth.issuers]] "
+                '(or set [auth] mode = "disabled" explicitly)'
+            )
+        os.environ["NXP2_CDS_AUTH__MODE"] = "disabled"  # the workers inherit it
+        settings = _settings()
+    if settings.auth.mode == "disabled":
+        click.echo(
+            "nxp2-cds: WARNING: AUTHENTICATION IS DISABLED - any caller can use this service. "
+            "Configure [[auth.issuers]] before exposing it.",
+            err=True,
+        )
     store = Store(settings.database_url)
     if migrate or (migrate is None and settings.database_url.startswith("sqlite")):
         store.migrate()
@@ -129,6 +149,15 @@ def _register_database_commands() -> None:
 
 
 _register_database_commands()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _read(path: Path) -> bytes:

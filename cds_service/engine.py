@@ -20,6 +20,7 @@ from fhir_mappings import (
     extract_findings,
     load_terminology,
 )
+from fhir_mappings.units import warm_up
 
 from .cards import CardContext, render_cards
 from .knowledge import KnowledgeBase, KnowledgeError, load_knowledge
@@ -33,6 +34,7 @@ class Engine:
         self.terminology = terminology
         self.rules: MappingRules = knowledge.mapping_rules()
         self.units = UnitConverter(self.rules.data.unit_aliases)
+        warm_up()
 
     @classmethod
     def load(

@@ -33,7 +33,7 @@ import weakref
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -60,6 +60,7 @@ _HASH_VERSION: Final = 1
 _OUTCOME_ORDER: Final = {"refractory": 0, "gi_perforation_death": 1}
 _TIER_ORDER: Final = {"critical": 0, "warning": 1, "info": 2}
 TOP_REASONS: Final = 3
+JTI_PURGE_INTERVAL: Final = timedelta(minutes=5)
 
 
 class StoreError(ValueError):
@@ -128,6 +129,17 @@ feedback = sa.Table(
     sa.CheckConstraint("outcome IN ('accepted', 'overridden')", name="ck_feedback_outcome"),
     sa.Index("ix_feedback_card_uuid", "card_uuid"),
 )
+
+seen_jtis = sa.Table(
+    "seen_jtis",
+    metadata,
+    sa.Column("key", sa.String(64), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("key", name="pk_seen_jtis"),
+    sa.Index("ix_seen_jtis_expires_at", "expires_at"),
+)
+"""JWT ids already accepted, shared by every worker and instance on this database: ``key`` is a SHA-256 of the
+issuer and the ``jti`` (nothing else about the token is kept), ``expires_at`` when the token (plus leeway) expires."""
 
 
 # --- values ------------------------------------------------------------------------------------------------------
@@ -424,6 +436,7 @@ class Store:
         self.dialect = self.engine.dialect.name
         self.writer = self.engine.execution_options(**{_IMMEDIATE: True})
         """The engine for write transactions (on SQLite they take the write lock at BEGIN)."""
+        self._next_jti_purge = datetime.min.replace(tzinfo=UTC)
         _track_forks(self)
 
     def __repr__(self) -> str:
@@ -541,6 +554,20 @@ class Store:
         ]
         with self.writer.begin() as connection:
             connection.execute(self.insert_ignoring_conflicts(issued_cards, ["uuid"]), rows)
+
+    def remember_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+        """Record a JWT id; True the first time, False when it was already used and has not expired (a replay).
+        Committed before it returns, so every worker and instance on this database sees it at once."""
+        key = hashlib.sha256(f"{issuer}\n{jti}".encode()).hexdigest()
+        moment = _utc(now, "now")
+        statement = self.insert_ignoring_conflicts(seen_jtis, ["key"]).returning(seen_jtis.c.key)
+        with self.writer.begin() as connection:
+            connection.execute(sa.delete(seen_jtis).where(seen_jtis.c.key == key, seen_jtis.c.expires_at < moment))
+            fresh = connection.execute(statement, [{"key": key, "expires_at": _utc(expires_at, "expires_at")}]).all()
+            if moment >= self._next_jti_purge:
+                connection.execute(sa.delete(seen_jtis).where(seen_jtis.c.expires_at < moment))
+                self._next_jti_purge = moment + JTI_PURGE_INTERVAL
+        return bool(fresh)
 
     # -- the report --
 

@@ -22,7 +22,7 @@ from urllib.parse import quote
 from fhir_mappings import FindingRule
 
 from .engine import Engine
-from .errors import BadRequest, Issue, PreconditionFailed
+from .errors import BadRequest, Issue, PayloadTooLarge, PreconditionFailed
 from .fhir_client import FhirClient, FhirError, has_next_page
 from .protocol import HookRequest, PatientViewContext
 
@@ -74,9 +74,17 @@ Connect = Callable[[str, str | None], FhirClient]
 
 
 def resolve(
-    request: HookRequest, context: PatientViewContext, templates: Mapping[str, str], connect: Connect
+    request: HookRequest,
+    context: PatientViewContext,
+    templates: Mapping[str, str],
+    connect: Connect,
+    *,
+    max_resources: int = 50_000,
 ) -> Resolved:
     prefetch = request.prefetch or {}
+    given = sum(_count(value) for key, value in prefetch.items() if key in templates)
+    if given > max_resources:
+        raise PayloadTooLarge(f"The prefetch holds {given} resources; this service accepts at most {max_resources}.")
     result = Resolved()
     to_fetch: list[str] = []
     to_page: list[tuple[str, Json]] = []
@@ -128,6 +136,12 @@ def resolve(
         if client is not None:
             result.fhir_requests = client.requests_sent
     return result
+
+
+def _count(value: object) -> int:
+    if isinstance(value, dict) and value.get("resourceType") == "Bundle" and isinstance(value.get("entry"), list):
+        return len(value["entry"])
+    return 1
 
 
 def _unavailable(keys: Sequence[str], reason: str) -> PreconditionFailed:

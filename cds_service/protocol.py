@@ -111,3 +111,86 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
     feedback: tuple[FeedbackItem, ...] = Field(min_length=1, max_length=1000)
+
+
+# -- responses (documented in /openapi.json; the service builds them as plain JSON for speed) ---------------
+
+
+class Source(BaseModel):
+    label: str
+    url: str | None = None
+    icon: str | None = None
+    topic: Coding | None = None
+
+
+class Action(BaseModel):
+    type: Literal["create", "update", "delete"]
+    description: str
+    resource: dict[str, Any] | None = None
+    resourceId: str | None = None
+
+
+class Suggestion(BaseModel):
+    label: str
+    uuid: str | None = None
+    isRecommended: bool | None = None
+    actions: list[Action] | None = None
+
+
+class Link(BaseModel):
+    label: str
+    url: str
+    type: Literal["absolute", "smart"]
+    appContext: str | None = None
+    autolaunchable: bool | None = None
+
+
+class Card(BaseModel):
+    uuid: str | None = None
+    summary: str = Field(max_length=139)
+    detail: str | None = None
+    indicator: Literal["info", "warning", "critical"]
+    source: Source
+    suggestions: list[Suggestion] | None = None
+    selectionBehavior: Literal["at-most-one", "any"] | None = None
+    overrideReasons: list[Coding] | None = None
+    links: list[Link] | None = None
+    extension: dict[str, Any] | None = Field(
+        default=None, description="'nxp2-cds.assessment': the assessment behind the card (see the README)."
+    )
+
+
+class ServiceResponse(BaseModel):
+    cards: list[Card]
+    systemActions: list[Action] | None = None
+
+
+class Service(BaseModel):
+    hook: str
+    id: str
+    title: str | None = None
+    description: str
+    prefetch: dict[str, str] | None = None
+    usageRequirements: str | None = None
+
+
+class DiscoveryResponse(BaseModel):
+    services: list[Service]
+
+
+class FeedbackAcknowledgement(BaseModel):
+    received: int
+    stored: int
+    duplicates: int
+
+
+class OperationOutcomeIssue(BaseModel):
+    severity: Literal["fatal", "error", "warning", "information"]
+    code: str
+    diagnostics: str | None = None
+    expression: list[str] | None = None
+
+
+class OperationOutcome(BaseModel):
+    resourceType: Literal["OperationOutcome"]
+    issue: list[OperationOutcomeIssue]

@@ -12,6 +12,8 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from . import logs
+
 DEFAULT_THREADS = 4
 DEFAULT_TIMEOUT = 30
 DEFAULT_GRACEFUL_TIMEOUT = 20
@@ -47,7 +49,8 @@ def gunicorn_options(host: str, port: int, workers: int | None = None, threads: 
         "keepalive": 5,
         "accesslog": None,
         "errorlog": "-",
-        "loglevel": "warning",
+        "loglevel": "info",
+        "logconfig_dict": logs.gunicorn_logconfig(),
         "proc_name": "nxp2-cds",
         "limit_request_line": 8190,
         "limit_request_field_size": 16380,

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,6 +35,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ASYMMETRIC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+
+
 class IssuerSettings(_Section):
     iss: str = Field(min_length=1)
     jwks_url: str | None = None
@@ -43,6 +46,12 @@ class IssuerSettings(_Section):
     """``jku`` header values this issuer may point to (besides ``jwks_url``)."""
     tenants: tuple[str, ...] | None = None
     """When set, the token's ``tenant`` claim must be one of these."""
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> IssuerSettings:
+        if not (self.jwks_url or self.jwks_file or self.jku_allowlist):
+            raise ValueError(f"issuer {self.iss!r} needs jwks_url, jwks_file or jku_allowlist")
+        return self
 
 
 class AuthSettings(_Section):
@@ -53,6 +62,25 @@ class AuthSettings(_Section):
     max_token_lifetime_seconds: int = Field(default=3600, gt=0)
     jwks_cache_seconds: int = Field(default=600, ge=0)
     jwks_timeout_seconds: float = Field(default=3.0, gt=0)
+    allow_http: bool = False
+    """Allow JWKS URLs over plain http (test servers only)."""
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        refused = [a for a in value if a not in ASYMMETRIC_ALGORITHMS]
+        if refused or not value:
+            raise ValueError(f"only asymmetric algorithms are allowed (never none or HMAC): {refused or 'empty'}")
+        return value
+
+    @model_validator(mode="after")
+    def _https_key_urls(self) -> AuthSettings:
+        if not self.allow_http:
+            for issuer in self.issuers:
+                for url in (issuer.jwks_url, *issuer.jku_allowlist):
+                    if url is not None and not url.startswith("https://"):
+                        raise ValueError(f"issuer {issuer.iss!r}: key URL {url!r} must use https (auth.allow_http)")
+        return self
 
 
 class FhirSettings(_Section):
@@ -88,6 +116,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///nxp2-cds.sqlite3"
     knowledge_file: Path | None = None
     max_body_bytes: int = Field(default=10_000_000, gt=0)
+    max_prefetch_resources: int = Field(default=50_000, gt=0)
+    """The most resources a request's prefetch may carry (413 beyond)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     auth: AuthSettings = AuthSettings()
     fhir: FhirSettings = FhirSettings()

@@ -69,6 +69,9 @@ _MODELS: Mapping[str, Any] = {"Observation": Observation, "Condition": Condition
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 _REF_RANGE_TEXT = re.compile(r"^\s*(<=|<|≤)\s*(\d+(?:\.\d+)?)")
 _MAX_BUNDLE_DEPTH = 4
+MAX_RESOURCE_DEPTH = 48
+"""A resource nested deeper than this (extensions of extensions …) is skipped before validation: no FHIR R4
+resource needs it, and it keeps deeply nested input from exhausting the validator's recursion."""
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 # Basis codes: why a finding has its state. Cards turn them into words (config/knowledge.toml [wording.basis]).
@@ -154,13 +157,17 @@ class _Run:
         cached = self.valid_cache.get(key)
         if cached is None:
             model = _MODELS[resource["resourceType"]]
-            try:
-                model.model_validate(resource)
-            except (ValueError, TypeError, KeyError, AttributeError, LookupError):
+            if _deeper_than(resource, MAX_RESOURCE_DEPTH):
                 cached = False
-                self.skip(resource, "invalid-r4-" + resource["resourceType"].lower())
+                self.skip(resource, "too-deep")
             else:
-                cached = True
+                try:
+                    model.model_validate(resource)
+                except (ValueError, TypeError, KeyError, AttributeError, LookupError, RecursionError):
+                    cached = False
+                    self.skip(resource, "invalid-r4-" + resource["resourceType"].lower())
+                else:
+                    cached = True
             self.valid_cache[key] = cached
         return cached
 
@@ -840,6 +847,20 @@ def _flatten(inputs: Iterable[object]) -> Iterator[tuple[Json | None, Any]]:
                 continue  # e.g. a transaction-response entry: nothing to read
             url = entry.get("fullUrl")
             stack.append((resource, url if isinstance(url, str) else None, depth + 1))
+
+
+def _deeper_than(document: object, limit: int) -> bool:
+    """Whether nested dicts/lists go deeper than ``limit`` (iterative: safe on any input)."""
+    stack: list[tuple[object, int]] = [(document, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+    return False
 
 
 def _first_code(codeable: object) -> str | None:

@@ -51,6 +51,11 @@ def conversion_factor(from_ucum: str, to_ucum: str) -> float | None:
         return None
 
 
+def warm_up() -> None:
+    """Build the UCUM registry now (about a second) rather than on the first request that needs it."""
+    conversion_factor("[lb_av]", "kg")
+
+
 def is_ucum(unit: str) -> bool:
     return _pint_unit(unit) is not None
 

@@ -26,13 +26,14 @@ AppFactory = Callable[..., Flask]
 @pytest.fixture
 def make_app(tmp_path: Path, engine: Engine) -> Iterator[AppFactory]:
     """Build an app with settings overrides, a fresh migrated SQLite database (unless ``database_url`` is given),
-    the session engine (unless the overrides change the mappings or the knowledge base), and the evaluation clock
-    fixed at the synthetic patients' time."""
+    the session engine (unless the overrides change the mappings or the knowledge base), authentication disabled
+    (unless ``auth`` is given), and the evaluation clock fixed at the synthetic patients' time."""
     stores: list[Store] = []
     recorders: list[CardRecorder] = []
 
     def build(clock: Callable[[], datetime] = lambda: AT, **overrides: Any) -> Flask:
         overrides.setdefault("database_url", f"sqlite:///{tmp_path}/nxp2-cds-{len(stores)}.sqlite3")
+        overrides.setdefault("auth", {"mode": "disabled"})
         settings = load_settings(**overrides)
         store = Store(settings.database_url)
         recorder = CardRecorder(store)
