@@ -37,7 +37,8 @@ log = structlog.get_logger("nxp2_cds.auth")
 
 WWW_AUTHENTICATE = 'Bearer realm="nxp2-cds"'
 MIN_REFETCH_INTERVAL_SECONDS = 10.0
-"""An unknown ``kid`` re-fetches a JWKS at most this often (no stampede on random kids)."""
+"""An unknown ``kid`` forces a re-fetch of the JWKS at most this often (random kids cannot make the service hammer
+the issuer)."""
 MAX_JWKS_BYTES = 1_000_000
 
 
@@ -78,6 +79,7 @@ class JwksCache:
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, tuple[float, dict[str, PyJWK]]] = {}
+        self._forced: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def key(self, url: str, kid: str) -> PyJWK | None:
@@ -88,8 +90,11 @@ class JwksCache:
             entry = self._refresh(url) or entry
         if entry is not None and kid in entry[1]:
             return entry[1][kid]
-        if entry is not None and now - entry[0] < MIN_REFETCH_INTERVAL_SECONDS:
-            return None
+        with self._lock:  # an unknown kid forces one re-fetch (key rotation), at most once per interval
+            last = self._forced.get(url)
+            if last is not None and now - last < MIN_REFETCH_INTERVAL_SECONDS:
+                return None
+            self._forced[url] = now
         refreshed = self._refresh(url)
         return refreshed[1].get(kid) if refreshed is not None else None
 

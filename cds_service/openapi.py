@@ -72,7 +72,7 @@ def build(service_id: str, hook: str, auth_required: bool) -> dict[str, Any]:
     }
     security: list[dict[str, list[str]]] = [{"cdsClientJwt": []}] if auth_required else []
     service_params = [
-        {"name": "service_id", "in": "path", "required": True, "schema": {"type": "string"}, "example": service_id}
+        {"name": "service_id", "in": "path", "required": True, "schema": {"type": "string", "enum": [service_id]}}
     ]
     return {
         "openapi": "3.1.0",

@@ -10,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
+from click.testing import CliRunner
+
+from cds_service.cli import is_loopback, main
 
 
 def free_port() -> int:
@@ -52,3 +56,29 @@ def test_serve_with_no_configuration_answers_discovery(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
+
+
+def test_serve_refuses_an_open_address_without_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a non-loopback address with no issuers configured, serve refuses to start (exit 2, one line)."""
+    for name in [k for k in os.environ if k.startswith("NXP2_CDS_")]:
+        monkeypatch.delenv(name)
+    result = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--port", "8099"])
+    assert result.exit_code == 2
+    assert "refusing to serve on 0.0.0.0 without authentication" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("10.1.2.3", False),
+        ("cds.example.org", False),
+    ],
+)
+def test_loopback_detection(host: str, loopback: bool) -> None:
+    """Only loopback addresses count as loopback."""
+    assert is_loopback(host) is loopback
