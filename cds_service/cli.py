@@ -141,14 +141,16 @@ def serve(host: str, port: int, workers: int | None, threads: int | None, migrat
     run(host, port, workers=workers, threads=threads)
 
 
-def _register_database_commands() -> None:
+def _register_commands() -> None:
     from .cli_db import feedback, migrate
+    from .cli_evidence import evidence
 
     main.add_command(migrate)
     main.add_command(feedback)
+    main.add_command(evidence)
 
 
-_register_database_commands()
+_register_commands()
 
 
 def is_loopback(host: str) -> bool:
