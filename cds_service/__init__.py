@@ -40,7 +40,7 @@ def create_app(
     from flask import Flask
     from flask_cors import CORS
 
-    from . import api, errors, logs
+    from . import api, errors, evidence_page, logs
     from .auth import Authenticator
     from .engine import Engine
     from .feedback import CardRecorder, Store
@@ -84,4 +84,5 @@ def create_app(
     )
     errors.init_app(app)
     api.init_app(app, api.Runtime.build(settings, engine, store, recorder, session, clock, authenticator))
+    app.register_blueprint(evidence_page.bp)
     return app

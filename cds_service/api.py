@@ -275,4 +275,4 @@ def feedback(service_id: str) -> Response:
 
 def _evidence_url(rt: Runtime) -> str | None:
     base = rt.settings.public_base_url or request.host_url.rstrip("/")
-    return f"{base}/evidence" if "evidence" in current_app.view_functions else None
+    return f"{base}/evidence" if "evidence.page" in current_app.view_functions else None

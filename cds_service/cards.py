@@ -146,7 +146,7 @@ class _Renderer:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "any"
         card["overrideReasons"] = self._override_reasons()
-        links = self._links()
+        links = self._links(name if name in self.kb.outcomes else None)
         if links:
             card["links"] = links
         card["extension"] = {EXTENSION_KEY: extension}
@@ -159,16 +159,11 @@ class _Renderer:
     def _source(self) -> dict[str, Any]:
         return {"label": self.kb.source.label, "url": self.kb.source.url}
 
-    def _links(self) -> list[dict[str, Any]]:
+    def _links(self, anchor: str | None) -> list[dict[str, Any]]:
         if not self.context.evidence_url:
             return []
-        return [
-            {
-                "label": self.words.evidence_heading + ": " + self.kb.source.label,
-                "url": self.context.evidence_url,
-                "type": "absolute",
-            }
-        ]
+        url = f"{self.context.evidence_url}#{anchor}" if anchor else self.context.evidence_url
+        return [{"label": f"{self.words.evidence_heading}: {self.kb.source.label}", "url": url, "type": "absolute"}]
 
     def _override_reasons(self) -> list[dict[str, str]]:
         system = self.words.override_reason_system

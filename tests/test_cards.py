@@ -186,15 +186,19 @@ def test_screening_card_suggests_the_anti_nxp2_test(engine: Engine) -> None:
 
 
 def test_evidence_link_when_the_page_url_is_known(engine: Engine) -> None:
-    """With an evidence URL every card links to it as an absolute link."""
+    """With an evidence URL every risk card links to its outcome's section of the page, as an absolute link."""
     cards = render(engine, [patient(), nxp2_positive()], evidence_url="https://cds.example.org/evidence")
-    assert {tuple(link.items()) for c in cards for link in c["links"]} == {
-        (
-            ("label", "Evidence: Wang et al. 2020 · anti-NXP2 JDM cohort (n = 26)"),
-            ("url", "https://cds.example.org/evidence"),
-            ("type", "absolute"),
-        ),
-    }
+    label = "Evidence: Wang et al. 2020 · anti-NXP2 JDM cohort (n = 26)"
+    assert [c["links"] for c in cards] == [
+        [{"label": label, "url": "https://cds.example.org/evidence#refractory", "type": "absolute"}],
+        [{"label": label, "url": "https://cds.example.org/evidence#gi_perforation_death", "type": "absolute"}],
+    ]
+
+
+def test_screening_card_links_to_the_whole_page(engine: Engine) -> None:
+    """The screening card links to the evidence page itself."""
+    (card,) = render(engine, [patient(), condition("M33.00")], evidence_url="https://cds.example.org/evidence")
+    assert [link["url"] for link in card["links"]] == ["https://cds.example.org/evidence"]
 
 
 def test_cards_validate_against_the_schema(fatal: list[dict[str, Any]]) -> None:
