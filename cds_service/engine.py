@@ -14,10 +14,10 @@ from typing import Any
 
 from fhir_mappings import (
     MappingRules,
+    Reader,
     Terminology,
     TerminologyError,
     UnitConverter,
-    extract_findings,
     load_terminology,
 )
 from fhir_mappings.units import warm_up
@@ -34,6 +34,18 @@ class Engine:
         self.terminology = terminology
         self.rules: MappingRules = knowledge.mapping_rules()
         self.units = UnitConverter(self.rules.data.unit_aliases)
+        self.reader = Reader(terminology, self.rules, units=self.units)
+        eligibility = knowledge.eligibility
+        self.gate: tuple[str, ...] = tuple(
+            dict.fromkeys(
+                [
+                    *eligibility.requires_present,
+                    *eligibility.screening_requires_present,
+                    *eligibility.screening_requires_unknown,
+                ]
+            )
+        )
+        """The predictors that decide whether any card is possible: evaluated first (the early exit)."""
         warm_up()
 
     @classmethod
@@ -54,15 +66,13 @@ class Engine:
         return cls(knowledge, terminology)
 
     def assess(self, resources: Iterable[object], *, patient_id: str, at: datetime) -> Assessment:
-        findings = extract_findings(
-            resources,
-            patient_id=patient_id,
-            at=at,
-            terminology=self.terminology,
-            rules=self.rules,
-            units=self.units,
-        )
-        return assess(findings, self.knowledge)
+        """Read the chart once; evaluate the eligibility predictors first, and the others only when a card is
+        possible (most charts: not anti-NXP2 positive, no JDM, so no card and nothing more to do)."""
+        chart = self.reader.read(resources, patient_id=patient_id, at=at)
+        first = assess(chart.findings(self.gate), self.knowledge)
+        if not (first.eligible or first.screening):
+            return first
+        return assess(chart.findings(), self.knowledge)
 
     def cards(self, assessment: Assessment, context: CardContext) -> list[dict[str, Any]]:
         return render_cards(assessment, self.knowledge, context)

@@ -10,7 +10,7 @@ The codes are in ``valuesets/*.json`` (FHIR R4 ValueSet resources); the threshol
 :class:`MappingRules`, built from the knowledge base by the caller.
 """
 
-from .extract import extract_findings
+from .extract import Chart, Reader, extract_findings
 from .model import PatientFindings, PredictorFinding, Source, State
 from .rules import (
     AntibodyRule,
@@ -31,6 +31,7 @@ __all__ = [
     "AnswerSets",
     "AntibodyRule",
     "BmiRule",
+    "Chart",
     "Concept",
     "DataRules",
     "FindingRule",
@@ -41,6 +42,7 @@ __all__ = [
     "PredictorRule",
     "QuantityRule",
     "RatioRule",
+    "Reader",
     "Source",
     "State",
     "Terminology",

@@ -765,6 +765,88 @@ _KINDS: Mapping[type[Any], Callable[[_Run, str, Any], PredictorFinding]] = {
 }
 
 
+class Reader:
+    """Everything about the rules that does not change between patients, computed once (the engine keeps one)."""
+
+    def __init__(
+        self,
+        terminology: Terminology,
+        rules: MappingRules,
+        *,
+        answers: AnswerSets | None = None,
+        units: UnitConverter | None = None,
+    ) -> None:
+        self.terminology = terminology
+        self.rules = rules
+        self.answers = answers or AnswerSets()
+        self.units = units or UnitConverter(rules.data.unit_aliases)
+        self.wanted = rules.concepts()
+        self.finding_concepts = frozenset(
+            c for rule in rules.predictors.values() if isinstance(rule, FindingRule) for c in rule.valuesets
+        )
+        self.pattern_concepts = tuple(
+            sorted(c for c in self.wanted if c in terminology.concepts and terminology.concepts[c].text_pattern)
+        )
+
+    def read(self, resources: Iterable[object], *, patient_id: str, at: datetime) -> Chart:
+        """One pass over ``resources``; predictors are then evaluated on demand by :meth:`Chart.findings`."""
+        if at.tzinfo is None:
+            raise ValueError("the evaluation time must be timezone-aware")
+        run = _Run(
+            terminology=self.terminology,
+            rules=self.rules,
+            patient_id=patient_id,
+            at=at,
+            answers=self.answers,
+            units=self.units,
+            wanted=self.wanted,
+            finding_concepts=self.finding_concepts,
+            pattern_concepts=self.pattern_concepts,
+        )
+        run.collect(resources)
+        return Chart(run)
+
+
+class Chart:
+    """One patient's resources, read once. Predictors are evaluated when asked for, each at most once, so a
+    caller can decide from a few (eligibility) whether the others are needed at all."""
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+        self._done: dict[str, PredictorFinding] = {}
+
+    def findings(self, predictor_ids: Iterable[str] | None = None) -> PatientFindings:
+        """The findings of ``predictor_ids`` (default: every predictor). Predictors not evaluated are absent from
+        ``predictors`` (and read as unknown by :meth:`PatientFindings.state`)."""
+        run = self._run
+        wanted = list(run.rules.predictors) if predictor_ids is None else list(predictor_ids)
+        for pid in wanted:
+            if pid not in self._done:
+                rule = run.rules.predictors[pid]
+                self._done[pid] = _KINDS[type(rule)](run, pid, rule)
+        complete = len(self._done) == len(run.rules.predictors)
+        unused = "superseded" if complete else "not-evaluated"
+        reasons = dict(run.reasons)
+        for key in run.candidates:
+            if key not in run.used:
+                reasons.setdefault(key, unused)
+        skipped = Counter(reason for key, reason in reasons.items() if key not in run.used)
+        birth = parse_fhir_date(run.birth_date_raw)
+        at = run.at
+        age = completed_years(birth, at.date()) if birth is not None and birth <= at.date() else None
+        return PatientFindings(
+            patient_id=run.patient_id,
+            evaluated_at=at,
+            birth_date=birth,
+            age_years=age,
+            predictors={pid: self._done[pid] for pid in run.rules.predictors if pid in self._done},
+            resources_seen=run.seen,
+            resources_used=len(run.used),
+            skipped=dict(sorted(skipped.items())),
+            malformed=run.malformed,
+        )
+
+
 def extract_findings(
     resources: Iterable[object],
     *,
@@ -777,46 +859,8 @@ def extract_findings(
 ) -> PatientFindings:
     """Read ``resources`` (any mix of Patient, Observation, Condition and Bundles of them, as parsed JSON)
     for ``patient_id`` at evaluation time ``at`` (timezone-aware) and return every predictor's finding."""
-    if at.tzinfo is None:
-        raise ValueError("the evaluation time must be timezone-aware")
-    finding_concepts = frozenset(
-        c for rule in rules.predictors.values() if isinstance(rule, FindingRule) for c in rule.valuesets
-    )
-    wanted = rules.concepts()
-    run = _Run(
-        terminology=terminology,
-        rules=rules,
-        patient_id=patient_id,
-        at=at,
-        answers=answers or AnswerSets(),
-        units=units or UnitConverter(rules.data.unit_aliases),
-        wanted=wanted,
-        finding_concepts=finding_concepts,
-        pattern_concepts=tuple(
-            sorted(c for c in wanted if c in terminology.concepts and terminology.concepts[c].text_pattern)
-        ),
-    )
-    run.collect(resources)
-    predictors = {pid: _KINDS[type(rule)](run, pid, rule) for pid, rule in rules.predictors.items()}
-
-    for key, resource in run.candidates.items():
-        if key not in run.used:
-            run.skip(resource, "superseded")
-    skipped = Counter(reason for key, reason in run.reasons.items() if key not in run.used)
-
-    birth = parse_fhir_date(run.birth_date_raw)
-    age = completed_years(birth, at.date()) if birth is not None and birth <= at.date() else None
-    return PatientFindings(
-        patient_id=patient_id,
-        evaluated_at=at,
-        birth_date=birth,
-        age_years=age,
-        predictors=predictors,
-        resources_seen=run.seen,
-        resources_used=len(run.used),
-        skipped=dict(sorted(skipped.items())),
-        malformed=run.malformed,
-    )
+    reader = Reader(terminology, rules, answers=answers, units=units)
+    return reader.read(resources, patient_id=patient_id, at=at).findings()
 
 
 # -- helpers -------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from cds_service.cards import CardContext
 from cds_service.engine import Engine
 from cds_service.risk import Assessment
+from fhir_mappings import PatientFindings
 from tests.builders import assert_valid_cds
 from tests.synthetic_patients import CASES, Case
 
@@ -28,6 +29,12 @@ def assess(case: Case) -> Assessment:
     return engine_for(case).assess(case.resources, patient_id=case.patient_id, at=case.at)
 
 
+def all_findings(case: Case) -> PatientFindings:
+    """Every predictor evaluated (the engine stops early when no card is possible)."""
+    engine = engine_for(case)
+    return engine.reader.read(case.resources, patient_id=case.patient_id, at=case.at).findings()
+
+
 def cards(case: Case) -> list[dict[str, object]]:
     context = CardContext(hook_instance="5b8c1e9a-6a51-4a5e-9d2e-0c1f2a3b4c5d", patient_id=case.patient_id)
     return engine_for(case).cards(assess(case), context)
@@ -42,7 +49,7 @@ def test_there_are_at_least_25_synthetic_patients() -> None:
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_predictor_states(case: Case) -> None:
     """Every one of the twelve predictors has the expected state."""
-    findings = assess(case).findings
+    findings = all_findings(case)
     actual = {pid: finding.state.value for pid, finding in findings.predictors.items()}
     assert actual == case.expected_states
 
@@ -50,7 +57,7 @@ def test_predictor_states(case: Case) -> None:
 @pytest.mark.parametrize("case", [c for c in CASES if c.values], ids=[c.name for c in CASES if c.values])
 def test_predictor_values(case: Case) -> None:
     """The deciding value of a predictor is the expected one, normalised to the threshold's unit."""
-    findings = assess(case).findings
+    findings = all_findings(case)
     for pid, expected in case.values.items():
         value = findings.predictors[pid].value
         if isinstance(expected, float):
@@ -79,5 +86,16 @@ def test_cards_validate_against_the_cds_hooks_schema(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_every_resource_is_accounted_for(case: Case) -> None:
     """Each resource is either used or skipped with a reason: seen = used + skipped + malformed."""
-    findings = assess(case).findings
+    findings = all_findings(case)
     assert findings.resources_seen == findings.resources_used + sum(findings.skipped.values()) + findings.malformed
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if not (c.eligible or c.screening)],
+    ids=[c.name for c in CASES if not (c.eligible or c.screening)],
+)
+def test_no_card_possible_stops_after_the_eligibility_predictors(case: Case) -> None:
+    """When neither the risk cards nor the screening card can apply, only the eligibility predictors are evaluated."""
+    findings = assess(case).findings
+    assert set(findings.predictors) == set(engine_for(case).gate)
