@@ -19,6 +19,7 @@ Rules of the domain (see DESIGN.md):
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,10 +27,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from typing import Any
-
-from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.patient import Patient
 
 from .dates import (
     completed_years,
@@ -50,6 +47,7 @@ from .rules import (
 )
 from .terminology import Terminology, codeable_texts
 from .units import UnitConverter
+from .validation import ResourceValidator
 from .values import (
     AnswerSets,
     Verdict,
@@ -65,13 +63,10 @@ from .values import (
 
 Json = dict[str, Any]
 
-_MODELS: Mapping[str, Any] = {"Observation": Observation, "Condition": Condition, "Patient": Patient}
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 _REF_RANGE_TEXT = re.compile(r"^\s*(<=|<|≤)\s*(\d+(?:\.\d+)?)")
 _MAX_BUNDLE_DEPTH = 4
-MAX_RESOURCE_DEPTH = 48
-"""A resource nested deeper than this (extensions of extensions …) is skipped before validation: no FHIR R4
-resource needs it, and it keeps deeply nested input from exhausting the validator's recursion."""
+
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 # Basis codes: why a finding has its state. Cards turn them into words (config/knowledge.toml [wording.basis]).
@@ -138,6 +133,7 @@ class _Run:
     wanted: frozenset[str]
     finding_concepts: frozenset[str]
     pattern_concepts: tuple[str, ...]
+    validator: ResourceValidator
     aliases: set[str] = field(default_factory=set)
     items: dict[str, list[_Item]] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)
@@ -156,18 +152,10 @@ class _Run:
         key = id(resource)
         cached = self.valid_cache.get(key)
         if cached is None:
-            model = _MODELS[resource["resourceType"]]
-            if _deeper_than(resource, MAX_RESOURCE_DEPTH):
-                cached = False
-                self.skip(resource, "too-deep")
-            else:
-                try:
-                    model.model_validate(resource)
-                except (ValueError, TypeError, KeyError, AttributeError, LookupError, RecursionError):
-                    cached = False
-                    self.skip(resource, "invalid-r4-" + resource["resourceType"].lower())
-                else:
-                    cached = True
+            problem = self.validator.problem(resource)
+            if problem is not None:
+                self.skip(resource, problem)
+            cached = problem is None
             self.valid_cache[key] = cached
         return cached
 
@@ -175,11 +163,11 @@ class _Run:
     def collect(self, inputs: Iterable[object]) -> None:
         flat: list[tuple[Json, str | None]] = []
         for resource, full_url in _flatten(inputs):
-            self.seen += 1
             if resource is None:
                 self.malformed += 1
-                continue
-            flat.append((resource, full_url))
+            else:
+                flat.append((resource, full_url))
+        self.seen = len(flat) + self.malformed
         self.aliases = {f"Patient/{self.patient_id}"}
         for resource, full_url in flat:
             if resource.get("resourceType") == "Patient" and resource.get("id") == self.patient_id and full_url:
@@ -225,12 +213,19 @@ class _Run:
 
     def _concepts_of(self, codeable: object) -> frozenset[str]:
         hit = self.terminology.concepts_for_codeable(codeable) & self.wanted
-        if hit or not self.pattern_concepts:
+        if hit or not self.pattern_concepts or not isinstance(codeable, dict):
             return hit
-        texts = codeable_texts(codeable)
-        if not texts:
-            return hit
-        return frozenset(c for c in self.pattern_concepts if any(self.terminology.text_matches(c, t) for t in texts))
+        found: frozenset[str] = frozenset()
+        text = codeable.get("text")
+        if isinstance(text, str):
+            found = self.terminology.concepts_for_text(text)
+        codings = codeable.get("coding")
+        if isinstance(codings, list):
+            for coding in codings:
+                display = coding.get("display") if isinstance(coding, dict) else None
+                if isinstance(display, str):
+                    found = found | self.terminology.concepts_for_text(display)
+        return found & self.wanted if found else found
 
     def _observation(self, resource: Json, full_url: str | None) -> None:
         reason = self._subject_reason(resource)
@@ -787,6 +782,7 @@ class Reader:
         self.pattern_concepts = tuple(
             sorted(c for c in self.wanted if c in terminology.concepts and terminology.concepts[c].text_pattern)
         )
+        self.validator = ResourceValidator()
 
     def read(self, resources: Iterable[object], *, patient_id: str, at: datetime) -> Chart:
         """One pass over ``resources``; predictors are then evaluated on demand by :meth:`Chart.findings`."""
@@ -802,6 +798,7 @@ class Reader:
             wanted=self.wanted,
             finding_concepts=self.finding_concepts,
             pattern_concepts=self.pattern_concepts,
+            validator=self.validator,
         )
         run.collect(resources)
         return Chart(run)
@@ -866,45 +863,42 @@ def extract_findings(
 # -- helpers -------------------------------------------------------------------------------------------
 
 
-def _flatten(inputs: Iterable[object]) -> Iterator[tuple[Json | None, Any]]:
-    """Yield ``(resource, fullUrl)`` for every resource, unpacking Bundles (nested up to a small depth).
-    Anything that is not a resource yields ``(None, the thing)``."""
-    stack: list[tuple[object, str | None, int]] = [(item, None, 0) for item in reversed(list(inputs))]
-    while stack:
-        item, full_url, depth = stack.pop()
-        if not isinstance(item, dict) or not isinstance(item.get("resourceType"), str):
-            yield None, item
-            continue
-        if item["resourceType"] != "Bundle":
-            yield item, full_url
-            continue
-        entries = item.get("entry")
-        if depth >= _MAX_BUNDLE_DEPTH or (entries is not None and not isinstance(entries, list)):
-            yield None, item
-            continue
-        for entry in reversed(entries or []):
-            if not isinstance(entry, dict):
-                yield None, entry
-                continue
-            resource = entry.get("resource")
-            if resource is None:
-                continue  # e.g. a transaction-response entry: nothing to read
-            url = entry.get("fullUrl")
-            stack.append((resource, url if isinstance(url, str) else None, depth + 1))
+def _flatten(inputs: Iterable[object]) -> list[tuple[Json | None, Any]]:
+    """``(resource, fullUrl)`` for every resource, Bundles unpacked (nested up to a small depth). Anything that is
+    not a resource gives ``(None, the thing)``."""
+    out: list[tuple[Json | None, Any]] = []
+    for item in inputs:
+        _unpack(item, None, 0, out)
+    return out
 
 
-def _deeper_than(document: object, limit: int) -> bool:
-    """Whether nested dicts/lists go deeper than ``limit`` (iterative: safe on any input)."""
-    stack: list[tuple[object, int]] = [(document, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict):
-            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
-    return False
+def _unpack(item: object, full_url: str | None, depth: int, out: list[tuple[Json | None, Any]]) -> None:
+    if not isinstance(item, dict):
+        out.append((None, item))
+        return
+    rtype = item.get("resourceType")
+    if rtype != "Bundle":
+        out.append((item, full_url) if isinstance(rtype, str) else (None, item))
+        return
+    entries = item.get("entry")
+    if depth >= _MAX_BUNDLE_DEPTH or (entries is not None and not isinstance(entries, list)):
+        out.append((None, item))
+        return
+    for entry in entries or ():
+        if not isinstance(entry, dict):
+            out.append((None, entry))
+            continue
+        resource = entry.get("resource")
+        if resource is None:
+            continue  # e.g. a transaction-response entry: nothing to read
+        url = entry.get("fullUrl")
+        if isinstance(resource, dict) and resource.get("resourceType") != "Bundle":
+            rtype = resource.get("resourceType")
+            out.append(
+                (resource, url if isinstance(url, str) else None) if isinstance(rtype, str) else (None, resource)
+            )
+        else:
+            _unpack(resource, url if isinstance(url, str) else None, depth + 1, out)
 
 
 def _first_code(codeable: object) -> str | None:
@@ -991,17 +985,22 @@ def _number_in_text(text: str) -> float | None:
 
 
 def _pairs(tops: list[_Item], bottoms: list[_Item], gap: timedelta) -> Iterator[tuple[_Item, _Item]]:
-    """For each dated ``top`` item, the ``bottom`` item closest in time within ``gap`` (not the same part)."""
-    dated_bottoms = [b for b in bottoms if b.when is not None]
+    """For each dated ``top`` item, the ``bottom`` item closest in time within ``gap`` (not the same part).
+    The bottoms are sorted once and searched by bisection: O((tops + bottoms) log bottoms)."""
+    dated = sorted((b for b in bottoms if b.when is not None), key=lambda b: b.when or _EPOCH)
+    times = [b.when or _EPOCH for b in dated]
     for top in tops:
         if top.when is None:
             continue
+        index = bisect.bisect_left(times, top.when)
         best: _Item | None = None
         best_gap: timedelta | None = None
-        for bottom in dated_bottoms:
-            assert bottom.when is not None
-            distance = abs(bottom.when - top.when)
-            if distance <= gap and (best_gap is None or distance < best_gap) and bottom.part is not top.part:
+        for candidate in range(max(0, index - 2), min(len(dated), index + 2)):
+            bottom = dated[candidate]
+            if bottom.part is top.part:
+                continue
+            distance = abs(times[candidate] - top.when)
+            if distance <= gap and (best_gap is None or distance < best_gap):
                 best, best_gap = bottom, distance
         if best is not None:
             yield top, best

@@ -34,6 +34,9 @@ EXT_NOTE = EXT_BASE + "note"
 EXT_NORMALISATION = EXT_BASE + "code-normalisation"
 
 VERIFICATION_LEVELS = ("verified", "corroborated", "unverified")
+_NOTHING: frozenset[str] = frozenset()
+_MEMO_LIMIT = 100_000
+"""Memoised lookups kept at most (then forgotten at once): bounded memory whatever the input."""
 
 
 class TerminologyError(ValueError):
@@ -90,6 +93,8 @@ class Terminology:
     _dotless: frozenset[str] = field(repr=False)
     _index: Mapping[tuple[str, str], frozenset[str]] = field(repr=False)
     _prefix_index: Mapping[str, tuple[tuple[str, str], ...]] = field(repr=False)
+    _patterns: tuple[tuple[str, re.Pattern[str]], ...] = field(repr=False, default=())
+    _memo: dict[tuple[str, str], frozenset[str]] = field(repr=False, default_factory=dict, compare=False)
 
     # -- normalisation -------------------------------------------------------------------------------
     def canonical_system(self, system: str) -> str:
@@ -113,12 +118,23 @@ class Terminology:
 
     # -- matching ------------------------------------------------------------------------------------
     def concepts_for(self, system: object, code: object) -> frozenset[str]:
-        """The concept ids a ``(system, code)`` coding belongs to (empty when none or malformed)."""
+        """The concept ids a ``(system, code)`` coding belongs to (empty when none or malformed). Answers are
+        memoised: a chart repeats the same few hundred codes, so each is normalised and looked up once."""
         if not isinstance(system, str) or not isinstance(code, str):
-            return frozenset()
+            return _NOTHING
+        key = (system, code)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._lookup(system, code)
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
+
+    def _lookup(self, system: str, code: str) -> frozenset[str]:
         canonical = self.canonical_system(system)
         normalised = self.normalise_code(canonical, code)
-        found = self._index.get((canonical, normalised), frozenset())
+        found = self._index.get((canonical, normalised), _NOTHING)
         prefixes = self._prefix_index.get(canonical)
         if prefixes:
             extra = {cid for prefix, cid in prefixes if normalised.startswith(prefix)}
@@ -129,29 +145,32 @@ class Terminology:
     def concepts_for_codeable(self, codeable: object) -> frozenset[str]:
         """Concept ids of any coding of a CodeableConcept-shaped dict (text patterns not applied)."""
         if not isinstance(codeable, dict):
-            return frozenset()
+            return _NOTHING
         codings = codeable.get("coding")
         if not isinstance(codings, list):
-            return frozenset()
-        found: frozenset[str] = frozenset()
+            return _NOTHING
+        found = _NOTHING
         for coding in codings:
             if isinstance(coding, dict):
                 hit = self.concepts_for(coding.get("system"), coding.get("code"))
                 if hit:
-                    found = found | hit
+                    found = found | hit if found else hit
         return found
 
     def text_matches(self, concept_id: str, text: str) -> bool:
         pattern = self.concepts[concept_id].text_pattern
         return pattern is not None and pattern.search(text) is not None
 
-    def code_matches(self, concept_id: str, codeable: object) -> bool:
-        """True when any coding of ``codeable`` belongs to ``concept_id``, or its text/displays match the
-        concept's text pattern."""
-        if concept_id in self.concepts_for_codeable(codeable):
-            return True
-        pattern = self.concepts[concept_id].text_pattern
-        return pattern is not None and any(pattern.search(t) for t in codeable_texts(codeable))
+    def concepts_for_text(self, text: str) -> frozenset[str]:
+        """The concepts whose text pattern matches ``text`` (memoised: the same displays recur endlessly)."""
+        key = ("", text)
+        found = self._memo.get(key)
+        if found is None:
+            found = frozenset(cid for cid, pattern in self._patterns if pattern.search(text))
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
 
 
 def codeable_texts(codeable: object) -> list[str]:
@@ -355,6 +374,7 @@ def load_terminology(
         _dotless=dotless,
         _index={k: frozenset(v) for k, v in index.items()},
         _prefix_index={k: tuple(v) for k, v in prefix_index.items()},
+        _patterns=tuple((cid, c.text_pattern) for cid, c in sorted(final.items()) if c.text_pattern is not None),
     )
 
 

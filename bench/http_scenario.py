@@ -1,0 +1,143 @@
+"""HTTP: the hook through the production server configuration (gunicorn, as `nxp2-cds serve` runs it) against a
+hello-world route served by the same configuration, in the same run; the load comes from a separate process
+(wrk when installed, else bench.loadgen), on loopback, bounded in time and count."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import requests
+
+from bench import workload
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server(kind: str) -> Iterator[str]:
+    port = free_port()
+    env = os.environ | {"BENCH_LOG_LEVEL": "INFO"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.servers", kind, "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    probe = "/hello" if kind == "hello" else "/cds-services"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + probe, timeout=2).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{kind} server did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _wrk(url: str, body: bytes | None, duration: float, connections: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        if body is not None:
+            body_file = script.name + ".json"
+            Path(body_file).write_bytes(body)
+            script.write(
+                'local f = io.open("' + body_file + '", "rb"); wrk.body = f:read("*all"); f:close()\n'
+                'wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"\n'
+            )
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def ms(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        if not match:
+            return float("nan")
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {
+        "tool": "wrk",
+        "throughput_rps": float(rps.group(1)) if rps else 0.0,
+        "p50_ms": ms("50"),
+        "p99_ms": ms("99"),
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def _loadgen(mode: str, url: str, body: bytes | None, **options: Any) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.loadgen", mode, url]
+    if body is not None:
+        with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
+            handle.write(body)
+        command += ["--body", handle.name]
+    for key, value in options.items():
+        command += [f"--{key}", str(value)]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    result: dict[str, Any] = json.loads(out) | {"tool": "bench.loadgen"}
+    return result
+
+
+def throughput(url: str, body: bytes | None, duration: float, connections: int = 16) -> dict[str, Any]:
+    if shutil.which("wrk"):
+        return _wrk(url, body, duration, connections)
+    return _loadgen("closed", url, body, concurrency=connections, duration=duration)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    body = orjson.dumps(workload.request(100))
+    duration = 3.0 if quick else 8.0
+    results: dict[str, Any] = {"prefetch_resources": 100, "body_bytes": len(body)}
+    with server("hook") as hook_url, server("hello") as hello_url:
+        hook_endpoint = hook_url + "/cds-services/nxp2-jdm-risk"
+        hello_endpoint = hello_url + "/hello"
+        throughput(hook_endpoint, body, 1.0)  # warm both servers
+        throughput(hello_endpoint, body, 1.0)
+        hooks, hellos = [], []
+        for _ in range(2):  # alternate, so drift hits both alike; hello-world gets the same POST body
+            hooks.append(throughput(hook_endpoint, body, duration))
+            hellos.append(throughput(hello_endpoint, body, duration))
+        results["hook"] = _best(hooks)
+        results["hello_world"] = _best(hellos)
+        results["hook_vs_hello_throughput"] = round(
+            results["hook"]["throughput_rps"] / results["hello_world"]["throughput_rps"], 3
+        )
+        results["at_100_rps"] = _loadgen("open", hook_endpoint, body, rate=100, duration=5 if quick else 10)
+    return results
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    best = max(runs, key=lambda r: r["throughput_rps"])
+    return best | {"runs_rps": [r["throughput_rps"] for r in runs]}

@@ -1,0 +1,41 @@
+"""Serve the hook app or the hello-world app with the production server configuration (gunicorn, as
+``nxp2-cds serve`` configures it): ``python -m bench.servers hook|hello --port P``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from cds_service.server import gunicorn_options
+
+
+class BenchServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, kind: str, options: dict[str, Any]) -> None:
+        self.kind = kind
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from bench.apps import gunicorn_app
+
+        return gunicorn_app(self.kind)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["hook", "hello"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args()
+    BenchServer(args.kind, gunicorn_options("127.0.0.1", args.port, args.workers, args.threads)).run()
+
+
+if __name__ == "__main__":
+    main()
