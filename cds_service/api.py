@@ -20,7 +20,7 @@ import structlog
 from flask import Blueprint, Flask, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
-from . import openapi
+from . import metrics, openapi
 from .auth import Authenticator
 from .cards import CardContext
 from .engine import Engine
@@ -142,16 +142,24 @@ def _log_request(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
     service_id = (request.view_args or {}).get("service_id")
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    if rule not in _UNCOUNTED:
+        metrics.REQUESTS.labels(rule, request.method, str(response.status_code)).inc()
+        metrics.REQUEST_SECONDS.labels(rule).observe(seconds)
     log.info(
         "request",
         method=request.method,
         route=rule,
         service_id=service_id if service_id == SERVICE_ID else None,
         status=response.status_code,
-        duration_ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+        duration_ms=round(seconds * 1000, 2),
         **g.get("log_fields", {}),
     )
     return response
+
+
+_UNCOUNTED = frozenset({"/metrics", "/healthz", "/readyz"})
+"""Probes and scrapes are not counted as traffic (they would drown it)."""
 
 
 def _end_request(_: BaseException | None) -> None:
@@ -218,6 +226,32 @@ def openapi_document() -> Response:
     return Response(runtime().openapi, mimetype="application/json")
 
 
+@docs.get("/healthz")
+def healthz() -> Response:
+    """Liveness: the process answers."""
+    return json_response({"status": "ok"})
+
+
+@docs.get("/readyz")
+def readyz() -> Response:
+    """Readiness: the database answers with the current schema; the knowledge base and value sets are loaded."""
+    rt = runtime()
+    checks = {
+        "database": rt.store.ping(),
+        "schema": rt.store.schema_is_current(),
+        "knowledge_base": bool(rt.engine.knowledge.outcomes),
+        "value_sets": bool(rt.engine.terminology.concepts),
+    }
+    ready = all(checks.values())
+    return json_response({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)
+
+
+@docs.get("/metrics")
+def metrics_endpoint() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
+
+
 @bp.post("/cds-services/<service_id>")
 def service(service_id: str) -> Response:
     rt = runtime()
@@ -252,6 +286,9 @@ def service(service_id: str) -> Response:
     )
     if cards:
         rt.recorder.submit([IssuedCard.from_card(card, service_id=SERVICE_ID, issued_at=at) for card in cards])
+        for card in cards:
+            extension = card["extension"]["nxp2-cds.assessment"]
+            metrics.CARDS.labels(extension["outcome"] or extension["cardType"], card["indicator"]).inc()
     findings = assessment.findings
     g.log_fields.update(
         resources_seen=findings.resources_seen,
@@ -269,6 +306,9 @@ def feedback(service_id: str) -> Response:
         raise NotFound(f"No CDS service '{service_id}' here.", issues=[Issue("Unknown CDS service id.", "not-found")])
     items = _validate(FeedbackRequest, _json_body()).feedback
     result = rt.store.record_feedback(SERVICE_ID, items, rt.clock())
+    for item in items:
+        metrics.FEEDBACK.labels(item.outcome).inc()
+    metrics.FEEDBACK_DUPLICATES.inc(result.duplicates)
     g.log_fields.update(feedback_received=len(items), feedback_stored=result.stored)
     return json_response({"received": len(items), "stored": result.stored, "duplicates": result.duplicates})
 

@@ -30,6 +30,7 @@ import requests
 import structlog
 from jwt import PyJWK, PyJWKSet
 
+from . import metrics
 from .errors import Unauthorized
 from .settings import AuthSettings, IssuerSettings
 
@@ -160,6 +161,7 @@ class Authenticator:
             return self._verify(authorization, audience)
         except AuthFailure as failure:
             log.warning("auth.rejected", reason=failure.reason)
+            metrics.AUTH_FAILURES.labels(failure.reason).inc()
             raise Unauthorized("Authentication failed.", headers={"WWW-Authenticate": WWW_AUTHENTICATE}) from None
 
     def _verify(self, authorization: str | None, audience: str) -> ClientIdentity:

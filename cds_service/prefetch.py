@@ -14,6 +14,7 @@ The service fetches exactly what the templates say, so prefetched and fetched da
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from urllib.parse import quote
 
 from fhir_mappings import FindingRule
 
+from . import metrics
 from .engine import Engine
 from .errors import BadRequest, Issue, PayloadTooLarge, PreconditionFailed
 from .fhir_client import FhirClient, FhirError, has_next_page
@@ -112,6 +114,8 @@ def resolve(
                 to_page.append((key, value))
             else:
                 result.resources.append(value)
+    metrics.PREFETCH_KEYS.labels("given").inc(len(result.given))
+    metrics.PREFETCH_KEYS.labels("null").inc(len(result.empty))
     if not to_fetch and not to_page:
         return result
 
@@ -120,6 +124,7 @@ def resolve(
         raise _unavailable(keys, "the request has no fhirServer to fetch it from")
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
     client: FhirClient | None = None
+    started = time.perf_counter()
     try:
         client = connect(request.fhirServer, token)
         fetched = client.get_many([render(templates[key], context) for key in to_fetch])
@@ -131,10 +136,16 @@ def resolve(
             result.paged.append(key)
             result.resources.extend(client.follow_pages(bundle))
     except FhirError as exc:
+        metrics.FHIR_CALLS.labels(type(exc).__name__).inc()
         raise _unavailable(keys, str(exc)) from exc
     finally:
         if client is not None:
             result.fhir_requests = client.requests_sent
+            metrics.FHIR_REQUESTS.inc(client.requests_sent)
+        metrics.FHIR_SECONDS.observe(time.perf_counter() - started)
+    metrics.FHIR_CALLS.labels("ok").inc()
+    metrics.PREFETCH_KEYS.labels("fetched").inc(len(result.fetched))
+    metrics.PREFETCH_KEYS.labels("paged").inc(len(result.paged))
     return result
 
 

@@ -1,0 +1,61 @@
+"""Prometheus metrics, served at ``/metrics``.
+
+Under gunicorn every worker is its own process: ``nxp2-cds serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before any
+worker starts, so each worker writes its samples there and ``/metrics`` (answered by whichever worker) aggregates
+them all. Without that variable (tests, a single process) the default registry is used.
+
+Labels never carry patient data: routes are URL templates, outcomes and tiers come from the knowledge base.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter(
+    "nxp2_cds_http_requests_total", "HTTP requests by route, method and status.", ["route", "method", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "nxp2_cds_http_request_duration_seconds", "Time to answer, by route.", ["route"], buckets=_LATENCY_BUCKETS
+)
+CARDS = Counter("nxp2_cds_cards_issued_total", "Cards issued, by outcome and tier.", ["outcome", "tier"])
+PREFETCH_KEYS = Counter("nxp2_cds_prefetch_keys_total", "Prefetch keys by how their data was obtained.", ["source"])
+FHIR_CALLS = Counter(
+    "nxp2_cds_fhir_fallback_calls_total", "Hook calls that fetched data from the FHIR server, by result.", ["result"]
+)
+FHIR_REQUESTS = Counter("nxp2_cds_fhir_requests_total", "HTTP requests sent to FHIR servers.")
+FHIR_SECONDS = Histogram(
+    "nxp2_cds_fhir_fallback_duration_seconds",
+    "Time spent fetching from the FHIR server per hook call.",
+    buckets=_LATENCY_BUCKETS,
+)
+AUTH_FAILURES = Counter("nxp2_cds_auth_failures_total", "Refused client JWTs, by reason.", ["reason"])
+FEEDBACK = Counter("nxp2_cds_feedback_total", "Feedback entries received, by outcome.", ["outcome"])
+FEEDBACK_DUPLICATES = Counter("nxp2_cds_feedback_duplicates_total", "Feedback entries already stored (repeats).")
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text (all workers' samples when running under gunicorn) and its content type."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """gunicorn's ``child_exit`` hook: forget a dead worker's live samples."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
