@@ -94,8 +94,8 @@ def evaluate(request_file: Path, at: str | None) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--host", help="Address to listen on (default: [server] host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default: [server] port, 8080).")
 @click.option("--workers", type=click.IntRange(1, 256), help="Worker processes (default: CPU count, at least 2).")
 @click.option("--threads", type=click.IntRange(1, 256), help="Threads per worker (default: 4).")
 @click.option(
@@ -103,17 +103,21 @@ def evaluate(request_file: Path, at: str | None) -> None:
     default=None,
     help="Apply database migrations before serving (default: yes for SQLite, no otherwise).",
 )
-def serve(host: str, port: int, workers: int | None, threads: int | None, migrate: bool | None) -> None:
+def serve(host: str | None, port: int | None, workers: int | None, threads: int | None, migrate: bool | None) -> None:
     """Run the CDS Hooks service with the production server (gunicorn).
 
     Authentication is required by default. With no [[auth.issuers]] configured, on a loopback address the service
     runs without authentication and says so loudly; on any other address it refuses to start unless
     [auth] mode = "disabled" is set explicitly."""
+    from .server import gunicorn_options, prepare_metrics_directory, run
+
+    prepare_metrics_directory()  # before anything imports prometheus_client: the workers share it
     from . import StartupError, create_app
-    from .feedback import Store
-    from .server import run
+    from .feedback import Store, StoreError
 
     settings = _settings()
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port
     if settings.auth.mode == "required" and not settings.auth.issuers:
         if not is_loopback(host):
             _fail(
@@ -128,8 +132,13 @@ def serve(host: str, port: int, workers: int | None, threads: int | None, migrat
             "Configure [[auth.issuers]] before exposing it.",
             err=True,
         )
-    store = Store(settings.database_url)
-    if migrate or (migrate is None and settings.database_url.startswith("sqlite")):
+    try:
+        store = Store(settings.database_url)
+    except StoreError as exc:
+        _fail(str(exc))
+        raise
+    wanted = settings.server.migrate_on_start if migrate is None else migrate
+    if wanted or (wanted is None and settings.database_url.startswith("sqlite")):
         store.migrate()
     try:
         create_app(settings, store=store)  # fail here, once, with a clear message rather than in every worker
@@ -138,7 +147,7 @@ def serve(host: str, port: int, workers: int | None, threads: int | None, migrat
     finally:
         store.dispose()
     click.echo(f"nxp2-cds: serving CDS Hooks on http://{host}:{port}/cds-services", err=True)
-    run(host, port, workers=workers, threads=threads)
+    run(gunicorn_options(host, port, workers, threads, settings.server, settings.log_level))
 
 
 def _register_commands() -> None:

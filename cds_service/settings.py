@@ -98,6 +98,23 @@ class CorsSettings(_Section):
     allowed_origins: tuple[str, ...] = ("*",)
 
 
+class ServerSettings(_Section):
+    """The production server (``nxp2-cds serve``); command-line options override these."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int | None = Field(default=None, ge=1, le=256)
+    """Worker processes (default: the CPU count, at least 2)."""
+    threads: int | None = Field(default=None, ge=1, le=256)
+    """Threads per worker (default: 4)."""
+    timeout_seconds: int = Field(default=30, ge=1)
+    """A worker silent for longer than this is restarted."""
+    graceful_timeout_seconds: int = Field(default=20, ge=1)
+    """On SIGTERM, requests in flight get this long to finish."""
+    migrate_on_start: bool | None = None
+    """Apply database migrations before serving (default: yes for SQLite, no otherwise)."""
+
+
 class MappingSettings(_Section):
     local_codes: dict[str, list[str]] = Field(default_factory=dict)
     """Predictor id (its first value set) or value set id → ``["system|code", …]``."""
@@ -123,6 +140,7 @@ class Settings(BaseSettings):
     fhir: FhirSettings = FhirSettings()
     cors: CorsSettings = CorsSettings()
     mappings: MappingSettings = MappingSettings()
+    server: ServerSettings = ServerSettings()
 
     @field_validator("public_base_url")
     @classmethod
