@@ -34,7 +34,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         return {"skipped": f"FHIR test server unavailable: {reason} (run scripts/install-fhir-test-server)"}
     with FhirTestServer(delay_ms=DELAY_MS) as fhir:
         _load(fhir.url)
-        app = service_app(log_level="INFO", fhir={"allowed_servers": [fhir.url], "allow_http": True})
+        app = service_app(
+            log_level="INFO",
+            fhir={"allowed_servers": [fhir.url], "allow_http": True},
+            # the site maps its anti-NXP2 code, so the fallback fetches it like everything else
+            mappings={"local_codes": {"anti_nxp2_positive": [f"{workload.LOCAL}|MYO-NXP2"]}},
+        )
         client = app.test_client()
         templates = app.extensions["nxp2_cds"].templates
         batch = {
