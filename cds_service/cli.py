@@ -153,10 +153,10 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
 def _register_commands() -> None:
     from .cli_db import feedback, migrate
     from .cli_evidence import evidence
+    from .cli_kit import call, demo, keys
 
-    main.add_command(migrate)
-    main.add_command(feedback)
-    main.add_command(evidence)
+    for command in (migrate, feedback, evidence, keys, call, demo):
+        main.add_command(command)
 
 
 _register_commands()

@@ -17,3 +17,11 @@ def config_dir() -> Path:
 
 def config_path(name: str) -> Path:
     return config_dir() / name
+
+
+def examples_dir() -> Path:
+    """The synthetic example patients (``examples/patients``), installed or in the checkout."""
+    installed = _PACKAGE_DIR / "_examples" / "patients"
+    if installed.is_dir():
+        return installed
+    return _PACKAGE_DIR.parent / "examples" / "patients"

@@ -156,7 +156,7 @@ def hook_request(resources: list[Json], *, pid: str = PID, hook_instance: str | 
     }
 
 
-SCHEMA_FILE = Path(__file__).parent / "schemas" / "cds-hooks-2.0.1.derived.schema.json"
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "cds_service" / "schemas" / "cds-hooks-2.0.1.derived.schema.json"
 
 
 @cache

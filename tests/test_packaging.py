@@ -37,6 +37,11 @@ def test_wheel_contains_configuration_and_value_sets(wheel: Path) -> None:
     assert {"cds_service/_config/knowledge.toml", "cds_service/_config/default.toml"} <= names
     assert {f"fhir_mappings/valuesets/{v}" for v in valuesets} <= names
     assert "fhir_mappings/naming-systems.json" in names
+    assert {
+        "cds_service/_examples/patients/index.json",
+        "cds_service/schemas/cds-hooks-2.0.1.derived.schema.json",
+    } <= names
+    assert "cds_service/templates/evidence.html" in names
 
 
 def test_installed_wheel_evaluates_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
