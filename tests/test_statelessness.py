@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +20,12 @@ import sqlalchemy as sa
 
 from cds_service.client_tokens import ClientKey
 from tests.builders import condition, hook_request, patient
+from tests.server_process import serving
 from tests.synthetic_patients import nxp2_positive
-from tests.test_serve import free_port, wait_for
 
 PUBLIC = "https://cds.hospital.example.org"  # both instances sit behind one load balancer
 ISSUER = "https://ehr.hospital.example.org"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextmanager
-def instance(config: Path, database_url: str) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NXP2_CDS_")}
-    env |= {"NXP2_CDS_CONFIG": str(config), "NXP2_CDS_DATABASE_URL": database_url}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", "1", "--migrate"],
-        cwd=config.parent,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(f"http://127.0.0.1:{port}/healthz", process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
 
 
 @pytest.fixture
@@ -60,8 +39,9 @@ def pair(tmp_path: Path, postgres_url: str) -> Iterator[tuple[str, str, ClientKe
         f'[[auth.issuers]]\niss = "{ISSUER}"\njwks_file = "{tmp_path / "ehr-jwks.json"}"\n'
     )
     with ExitStack() as stack:
-        first = stack.enter_context(instance(config, postgres_url))
-        second = stack.enter_context(instance(config, postgres_url))
+        settings = {"NXP2_CDS_CONFIG": str(config), "NXP2_CDS_DATABASE_URL": postgres_url}
+        first = stack.enter_context(serving(tmp_path, "--migrate", settings=settings))
+        second = stack.enter_context(serving(tmp_path, "--migrate", settings=settings))
         yield first, second, key
 
 

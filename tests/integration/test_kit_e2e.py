@@ -5,7 +5,6 @@ authentication required and the kit's key trusted, then `nxp2-cds call` for ever
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pytest
 
 from cds_service.kit import card_tiers, example_index
 from tests.fhir_server.launcher import FhirTestServer
-from tests.test_serve import wait_for
+from tests.server_process import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = example_index()["patients"]
@@ -53,24 +52,12 @@ def kit(fhir_server: FhirTestServer, tmp_path_factory: pytest.TempPathFactory) -
         f'[fhir]\nallowed_servers = ["{fhir_server.url}"]\nallow_http = true\n'
         f'[mappings.local_codes]\nanti_nxp2_positive = ["{LOCAL_CODE}"]\n'
     )
-    from tests.test_serve import free_port
+    with serving(folder, workers=2, settings={"NXP2_CDS_CONFIG": str(config)}) as base:
+        yield Kit(fhir_server.url, f"{base}/cds-services/nxp2-jdm-risk", folder / "keys", loaded)
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NXP2_CDS_")} | {"NXP2_CDS_CONFIG": str(config)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", "2"],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(f"http://127.0.0.1:{port}/healthz", process)
-        yield Kit(fhir_server.url, f"http://127.0.0.1:{port}/cds-services/nxp2-jdm-risk", folder / "keys", loaded)
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
+
+def call(kit: Kit, *args: str) -> subprocess.CompletedProcess[str]:
+    return nxp2_cds("call", kit.service, "--keys", str(kit.keys), "--json", *args, check=False)
 
 
 def tiers_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -86,53 +73,21 @@ def test_demo_load_prints_every_patient_id(kit: Kit) -> None:
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e["patient"] for e in EXAMPLES])
 def test_call_with_client_side_prefetch(kit: Kit, example: dict[str, Any]) -> None:
     """With prefetch built from the discovery templates against the FHIR server, the cards are the expected ones."""
-    result = nxp2_cds(
-        "call",
-        kit.service,
-        "--fhir-server",
-        kit.fhir,
-        "--patient",
-        example["patient"],
-        "--keys",
-        str(kit.keys),
-        "--json",
-        check=False,
-    )
+    result = call(kit, "--fhir-server", kit.fhir, "--patient", example["patient"])
     assert tiers_of(result) == example["expected_cards"]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e["patient"] for e in EXAMPLES])
 def test_call_through_the_service_fallback(kit: Kit, example: dict[str, Any]) -> None:
     """With no prefetch (only fhirServer), the service fetches the data itself and gives the same cards."""
-    result = nxp2_cds(
-        "call",
-        kit.service,
-        "--fhir-server",
-        kit.fhir,
-        "--patient",
-        example["patient"],
-        "--no-prefetch",
-        "--keys",
-        str(kit.keys),
-        "--json",
-        check=False,
-    )
+    result = call(kit, "--fhir-server", kit.fhir, "--patient", example["patient"], "--no-prefetch")
     assert tiers_of(result) == example["expected_cards"]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e["patient"] for e in EXAMPLES])
 def test_call_with_the_bundle_file(kit: Kit, example: dict[str, Any]) -> None:
     """With the example's Bundle file as prefetch, the cards are the expected ones."""
-    result = nxp2_cds(
-        "call",
-        kit.service,
-        "--bundle",
-        str(ROOT / "examples" / "patients" / example["file"]),
-        "--keys",
-        str(kit.keys),
-        "--json",
-        check=False,
-    )
+    result = call(kit, "--bundle", str(ROOT / "examples" / "patients" / example["file"]))
     assert tiers_of(result) == example["expected_cards"]
 
 
