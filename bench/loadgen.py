@@ -36,34 +36,54 @@ def _send(connection: http.client.HTTPConnection, path: str, method: str, body: 
     return response.status
 
 
+class _Tally:
+    """Latencies of successful requests and the count of failed ones, shared by the load threads."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors = 0
+        self._lock = threading.Lock()
+
+    def record(self, ok: bool, seconds: float) -> None:
+        with self._lock:
+            if ok:
+                self.latencies.append(seconds)
+            else:
+                self.errors += 1
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies) + self.errors
+
+
+class _Sender:
+    """One keep-alive connection per thread; a broken connection is replaced and the request counted as failed."""
+
+    def __init__(self, url: str, method: str, body: bytes | None) -> None:
+        self.url, self.path, self.method, self.body = url, urlsplit(url).path, method, body
+        self.local = threading.local()
+
+    def send(self) -> bool:
+        if not hasattr(self.local, "connection"):
+            self.local.connection = _connection(self.url)
+        try:
+            return _send(self.local.connection, self.path, self.method, self.body) == 200
+        except (OSError, http.client.HTTPException):
+            self.local.connection = _connection(self.url)
+            return False
+
+
 def closed(
     url: str, method: str, body: bytes | None, concurrency: int, duration: float, limit: int
 ) -> dict[str, object]:
-    path = urlsplit(url).path
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
+    tally, sender = _Tally(), _Sender(url, method, body)
     stop = time.monotonic() + duration
 
     def worker() -> None:
-        nonlocal errors
-        connection = _connection(url)
-        while time.monotonic() < stop:
-            with lock:
-                if len(latencies) + errors >= limit:
-                    return
+        while time.monotonic() < stop and tally.count < limit:
             start = time.perf_counter()
-            try:
-                status = _send(connection, path, method, body)
-            except (OSError, http.client.HTTPException):
-                connection = _connection(url)
-                status = 0
-            elapsed = time.perf_counter() - start
-            with lock:
-                if status == 200:
-                    latencies.append(elapsed)
-                else:
-                    errors += 1
+            ok = sender.send()
+            tally.record(ok, time.perf_counter() - start)
 
     began = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
@@ -71,43 +91,24 @@ def closed(
         thread.start()
     for thread in threads:
         thread.join()
-    seconds = time.monotonic() - began
-    return _report(latencies, errors, seconds)
+    return _report(tally.latencies, tally.errors, time.monotonic() - began)
 
 
 def open_loop(url: str, method: str, body: bytes | None, rate: float, duration: float) -> dict[str, object]:
-    path = urlsplit(url).path
-    total = int(rate * duration)
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-    local = threading.local()
+    tally, sender = _Tally(), _Sender(url, method, body)
     began = time.monotonic() + 0.2
 
     def one(index: int) -> None:
-        nonlocal errors
         scheduled = began + index / rate
         delay = scheduled - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        if not hasattr(local, "connection"):
-            local.connection = _connection(url)
-        try:
-            status = _send(local.connection, path, method, body)
-        except (OSError, http.client.HTTPException):
-            local.connection = _connection(url)
-            status = 0
-        elapsed = time.monotonic() - scheduled
-        with lock:
-            if status == 200:
-                latencies.append(elapsed)
-            else:
-                errors += 1
+        ok = sender.send()
+        tally.record(ok, time.monotonic() - scheduled)
 
     with ThreadPoolExecutor(max_workers=32) as pool:
-        list(pool.map(one, range(total)))
-    seconds = time.monotonic() - began
-    return _report(latencies, errors, seconds) | {"target_rate": rate}
+        list(pool.map(one, range(int(rate * duration))))
+    return _report(tally.latencies, tally.errors, time.monotonic() - began) | {"target_rate": rate}
 
 
 def _report(latencies: list[float], errors: int, seconds: float) -> dict[str, object]:
