@@ -36,7 +36,6 @@ PREDICTOR_IDS: tuple[str, ...] = (
 )
 OUTCOME_IDS: tuple[str, ...] = ("refractory", "gi_perforation_death")
 Tier = Literal["critical", "warning", "info"]
-TIER_ORDER: Mapping[str, int] = {"info": 0, "warning": 1, "critical": 2}
 
 _PUBLISHED = re.compile(r"^(?:[<>]\s*)?(?:\d+(?:\.\d*)?|\.\d+)$")
 

@@ -14,7 +14,6 @@ matched against ``code.text`` / ``coding.display`` for concepts, or against resu
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -376,11 +375,3 @@ def load_terminology(
         _prefix_index={k: tuple(v) for k, v in prefix_index.items()},
         _patterns=tuple((cid, c.text_pattern) for cid, c in sorted(final.items()) if c.text_pattern is not None),
     )
-
-
-def valueset_json(directory: Path | None = None) -> dict[str, dict[str, Any]]:
-    """The raw ValueSet JSON documents by id (for publishing them, e.g. on a documentation page)."""
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted((directory or default_valueset_dir()).glob("*.json")):
-        out[path.stem] = json.loads(path.read_text(encoding="utf-8"))
-    return out
