@@ -9,7 +9,10 @@ Supported ValueSet content: ``compose.include`` with ``system`` and enumerated `
 ICD-10 systems an ``is-a`` filter on ``concept`` (every code that starts with the given code, dot-less).
 Extensions of this project (``urn:nxp2-cds:fhir:StructureDefinition:*``): ``text-pattern`` (a regular expression
 matched against ``code.text`` / ``coding.display`` for concepts, or against result text for answer sets),
-``verification`` (verified / corroborated / unverified), ``source`` and ``note`` per concept.
+``survey-pattern`` (a regular expression for names that *look like* the concept: only ``nxp2-cds mappings survey``
+uses it, to list a server's unmapped codes; it never decides a finding), ``verification`` (verified / corroborated /
+unverified), ``source`` and ``note`` per concept. A NamingSystem marked ``icd-national-extension`` (WHO ICD-10) also
+matches a national extension of a code the value set holds: ``M33.001`` (China's clinical edition) is ``M33.0``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from fhir.resources.R4B.valueset import ValueSet
 
 EXT_BASE = "urn:nxp2-cds:fhir:StructureDefinition:"
 EXT_TEXT_PATTERN = EXT_BASE + "text-pattern"
+EXT_SURVEY_PATTERN = EXT_BASE + "survey-pattern"
 EXT_VERIFICATION = EXT_BASE + "verification"
 EXT_SOURCE = EXT_BASE + "source"
 EXT_NOTE = EXT_BASE + "note"
 EXT_NORMALISATION = EXT_BASE + "code-normalisation"
 
 VERIFICATION_LEVELS = ("verified", "corroborated", "unverified")
+_MIN_ICD_CATEGORY = 3
+"""The shortest ICD-10 code (a three-character category) a national extension is matched back to."""
 _NOTHING: frozenset[str] = frozenset()
 _MEMO_LIMIT = 100_000
 """Memoised lookups kept at most (then forgotten at once): bounded memory whatever the input."""
@@ -67,6 +73,7 @@ class Concept:
     prefixes: tuple[tuple[str, str], ...] = ()
     """``(system, dot-less code prefix)`` pairs from ``is-a`` filters."""
     text_pattern: re.Pattern[str] | None = None
+    survey_pattern: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,8 @@ class Terminology:
     _index: Mapping[tuple[str, str], frozenset[str]] = field(repr=False)
     _prefix_index: Mapping[str, tuple[tuple[str, str], ...]] = field(repr=False)
     _patterns: tuple[tuple[str, re.Pattern[str]], ...] = field(repr=False, default=())
+    _extended: frozenset[str] = field(repr=False, default=frozenset())
+    """Systems whose national extensions match their parent code (WHO ICD-10)."""
     _memo: dict[tuple[str, str], frozenset[str]] = field(repr=False, default_factory=dict, compare=False)
 
     # -- normalisation -------------------------------------------------------------------------------
@@ -134,6 +143,11 @@ class Terminology:
         canonical = self.canonical_system(system)
         normalised = self.normalise_code(canonical, code)
         found = self._index.get((canonical, normalised), _NOTHING)
+        if not found and canonical in self._extended:
+            for length in range(len(normalised) - 1, _MIN_ICD_CATEGORY - 1, -1):
+                found = self._index.get((canonical, normalised[:length]), _NOTHING)
+                if found:
+                    break
         prefixes = self._prefix_index.get(canonical)
         if prefixes:
             extra = {cid for prefix, cid in prefixes if normalised.startswith(prefix)}
@@ -159,6 +173,15 @@ class Terminology:
     def text_matches(self, concept_id: str, text: str) -> bool:
         pattern = self.concepts[concept_id].text_pattern
         return pattern is not None and pattern.search(text) is not None
+
+    def survey_concepts_for_text(self, text: str) -> frozenset[str]:
+        """The concepts whose text pattern or survey pattern matches ``text``: names that look like the concept."""
+        return frozenset(
+            cid
+            for cid, concept in self.concepts.items()
+            for pattern in (concept.text_pattern, concept.survey_pattern)
+            if pattern is not None and pattern.search(text) is not None
+        )
 
     def concepts_for_text(self, text: str) -> frozenset[str]:
         """The concepts whose text pattern matches ``text`` (memoised: the same displays recur endlessly)."""
@@ -210,13 +233,14 @@ def _ext_values(extensions: Sequence[Any] | None, url: str) -> list[Any]:
     return out
 
 
-def _load_naming_systems(path: Path) -> tuple[dict[str, str], frozenset[str]]:
+def _load_naming_systems(path: Path) -> tuple[dict[str, str], frozenset[str], frozenset[str]]:
     try:
         bundle = Bundle.model_validate_json(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise TerminologyError(f"{path.name}: not a valid FHIR R4 Bundle of NamingSystem: {exc}") from exc
     canonical: dict[str, str] = {}
     dotless: set[str] = set()
+    extended: set[str] = set()
     for entry in bundle.entry or ():
         ns = entry.resource
         if not isinstance(ns, NamingSystem):
@@ -231,9 +255,12 @@ def _load_naming_systems(path: Path) -> tuple[dict[str, str], frozenset[str]]:
             canonical[unique.value] = uri
             if unique.type == "oid":
                 canonical["urn:oid:" + unique.value] = uri
-        if "icd-dotless" in _ext_values(ns.extension, EXT_NORMALISATION):
+        normalisations = _ext_values(ns.extension, EXT_NORMALISATION)
+        if "icd-dotless" in normalisations:
             dotless.add(uri)
-    return canonical, frozenset(dotless)
+        if "icd-national-extension" in normalisations:
+            extended.add(uri)
+    return canonical, frozenset(dotless), frozenset(extended)
 
 
 def _compile_pattern(source: str, patterns: Sequence[str]) -> re.Pattern[str] | None:
@@ -282,6 +309,7 @@ def _read_valueset(path: Path, canonical: Mapping[str, str]) -> tuple[Concept, l
                 raise TerminologyError(f"{where}.filter: only property 'concept' with op 'is-a' is supported")
             prefixes.append((system, flt.value))
     pattern = _compile_pattern(path.name, _ext_values(vs.extension, EXT_TEXT_PATTERN))
+    survey = _compile_pattern(path.name, _ext_values(vs.extension, EXT_SURVEY_PATTERN))
     concept = Concept(
         id=vs.id,
         url=vs.url,
@@ -289,6 +317,7 @@ def _read_valueset(path: Path, canonical: Mapping[str, str]) -> tuple[Concept, l
         description=vs.description or "",
         codes=tuple(codes),
         text_pattern=pattern,
+        survey_pattern=survey,
     )
     return concept, prefixes
 
@@ -304,7 +333,7 @@ def load_terminology(
 
     Raises :class:`TerminologyError` naming the file and field when anything is wrong."""
     directory = valueset_dir or default_valueset_dir()
-    canonical, dotless = _load_naming_systems(naming_systems or _package_file("naming-systems.json"))
+    canonical, dotless, extended = _load_naming_systems(naming_systems or _package_file("naming-systems.json"))
     concepts: dict[str, Concept] = {}
     raw_prefixes: dict[str, list[tuple[str, str]]] = {}
     files = sorted(directory.glob("*.json"))
@@ -339,6 +368,7 @@ def load_terminology(
             description=base.description,
             codes=base.codes + tuple(extra),
             text_pattern=base.text_pattern,
+            survey_pattern=base.survey_pattern,
         )
 
     index: dict[tuple[str, str], set[str]] = {}
@@ -363,6 +393,7 @@ def load_terminology(
                 codes=c.codes,
                 prefixes=tuple(raw_prefixes[cid]),
                 text_pattern=c.text_pattern,
+                survey_pattern=c.survey_pattern,
             )
         )
         for cid, c in concepts.items()
@@ -374,4 +405,5 @@ def load_terminology(
         _index={k: frozenset(v) for k, v in index.items()},
         _prefix_index={k: tuple(v) for k, v in prefix_index.items()},
         _patterns=tuple((cid, c.text_pattern) for cid, c in sorted(final.items()) if c.text_pattern is not None),
+        _extended=extended & dotless,
     )
