@@ -15,6 +15,7 @@ COPY pyproject.toml README.md ./
 COPY cds_service ./cds_service
 COPY fhir_mappings ./fhir_mappings
 COPY config ./config
+COPY examples/patients ./examples/patients
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # --- runtime: the installed wheel, a non-root user, nothing else ----------------------------------------
@@ -33,14 +34,14 @@ RUN groupadd --system --gid 10001 nxp2 \
     && useradd --system --uid 10001 --gid nxp2 --home-dir /var/lib/nxp2-cds --shell /usr/sbin/nologin nxp2 \
     && mkdir -p /var/lib/nxp2-cds /etc/nxp2-cds \
     && chown nxp2:nxp2 /var/lib/nxp2-cds
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels nxp2-cds==0.1.0 \
-    && rm -rf /wheels
+# the project's own wheel, whatever version pyproject.toml gives, and only the wheels it needs (no layer keeps them)
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/nxp2_cds-*.whl
 USER 10001:10001
 WORKDIR /var/lib/nxp2-cds
 VOLUME ["/var/lib/nxp2-cds"]
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('NXP2_CDS_SERVER__PORT', '8080'), timeout=2)"]
 ENTRYPOINT ["nxp2-cds"]
 CMD ["serve"]
