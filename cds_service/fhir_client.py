@@ -205,23 +205,35 @@ class FhirClient:
     def get(self, relative_or_absolute: str) -> Json:
         return self._send("GET", urljoin(self.base + "/", relative_or_absolute))
 
+    @property
+    def max_pages(self) -> int:
+        """The most pages of one search this client reads (``[fhir] max_pages``)."""
+        return self._max_pages
+
     def follow_pages(self, bundle: Json) -> list[Json]:
         """The Bundle and every page after it (``next`` links on this server's origin only)."""
         pages = [bundle]
         current = bundle
-        while True:
-            link = _next_link(current)
-            if link is None:
-                return pages
+        while _next_link(current) is not None:
             if len(pages) >= self._max_pages:
                 raise FhirTooLarge(f"more than {self._max_pages} pages of results")
-            target = urljoin(self.base + "/", link)
-            if _origin(target) != self._origin:
-                raise FhirNotAllowed("a 'next' link points to another origin; not followed")
-            current = self._send("GET", target)
-            if current.get("resourceType") != "Bundle":
-                raise FhirInvalidResponse("a 'next' page is not a Bundle")
+            current = self.next_page(current)
             pages.append(current)
+        return pages
+
+    def next_page(self, bundle: Json) -> Json:
+        """The page a Bundle's ``next`` link names (on this server's origin only); the caller checks that there
+        is one (:func:`has_next_page`) and bounds how many it reads (:attr:`max_pages`)."""
+        link = _next_link(bundle)
+        if link is None:
+            raise FhirInvalidResponse("the Bundle has no 'next' link")
+        target = urljoin(self.base + "/", link)
+        if _origin(target) != self._origin:
+            raise FhirNotAllowed("a 'next' link points to another origin; not followed")
+        page = self._send("GET", target)
+        if page.get("resourceType") != "Bundle":
+            raise FhirInvalidResponse("a 'next' page is not a Bundle")
+        return page
 
     # -- internals -------------------------------------------------------------------------------------
     def _batch(self, relative_urls: Sequence[str]) -> list[Json]:
