@@ -154,8 +154,9 @@ def _register_commands() -> None:
     from .cli_db import feedback, migrate
     from .cli_evidence import evidence
     from .cli_kit import call, demo, keys
+    from .cli_mappings import mappings
 
-    for command in (migrate, feedback, evidence, keys, call, demo):
+    for command in (migrate, feedback, evidence, keys, call, demo, mappings):
         main.add_command(command)
 
 
