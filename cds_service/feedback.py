@@ -10,8 +10,8 @@ reuse :meth:`Store.insert_ignoring_conflicts` and :attr:`Store.writer`.
   inserted with the dialect's ``INSERT … ON CONFLICT DO NOTHING``.
 - **Issued cards** are only a record, kept off the hot path: :class:`CardRecorder` queues them (bounded, never
   blocking) and a background thread writes them in batches. Only what links feedback to a card is kept (uuid,
-  service, outcome, tier, the ids of the present predictors, the knowledge base, the time): no patient identifier,
-  no value.
+  service, outcome, tier, the ids of the present predictors, the suggestions offered with the predictor each one
+  orders, the knowledge base, the time): no patient identifier, no value.
 
 Nothing here logs request content: log lines carry counts, service ids and exception class names only.
 
@@ -29,6 +29,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid as uuid_module
 import weakref
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -104,6 +105,7 @@ issued_cards = sa.Table(
     sa.Column("present", _JSON, nullable=False),
     sa.Column("knowledge_base", sa.String(256), nullable=False),
     sa.Column("issued_at", UtcDateTime(), nullable=False),
+    sa.Column("suggestions", _JSON, nullable=True),
     sa.PrimaryKeyConstraint("uuid", name="pk_issued_cards"),
     sa.Index("ix_issued_cards_outcome_tier", "outcome", "tier"),
     sa.Index("ix_issued_cards_issued_at", "issued_at"),
@@ -146,6 +148,15 @@ issuer and the ``jti`` (nothing else about the token is kept), ``expires_at`` wh
 
 
 @dataclass(frozen=True, slots=True)
+class OfferedSuggestion:
+    """A suggestion an issued card offered: its uuid (what feedback's ``acceptedSuggestions`` name) and the predictor
+    whose test it orders (None when the card does not say)."""
+
+    uuid: str
+    predictor: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class IssuedCard:
     """What is kept of a card the service issued: enough to link feedback to it, nothing about the patient."""
 
@@ -159,6 +170,9 @@ class IssuedCard:
     knowledge_base: str
     """``id@version``."""
     issued_at: datetime
+    suggestions: tuple[OfferedSuggestion, ...] = ()
+    """The suggestions the card offered (empty: none). Stored since revision 0003; rows recorded before it hold NULL
+    there, and their cards are left out of the per-suggestion report."""
 
     def __post_init__(self) -> None:
         if self.issued_at.tzinfo is None or self.issued_at.utcoffset() is None:
@@ -169,7 +183,8 @@ class IssuedCard:
         """Read a card built by :mod:`cds_service.cards` (its ``nxp2-cds.assessment`` extension)."""
         extension = card["extension"]["nxp2-cds.assessment"]
         kb = extension["knowledgeBase"]
-        present = tuple(p["id"] for p in extension.get("predictors", ()) if p.get("state") == "present")
+        predictors = extension.get("predictors", ())
+        present = tuple(p["id"] for p in predictors if p.get("state") == "present")
         return cls(
             uuid=card["uuid"],
             service_id=service_id,
@@ -178,7 +193,24 @@ class IssuedCard:
             present=present,
             knowledge_base=f"{kb['id']}@{kb['version']}",
             issued_at=issued_at,
+            suggestions=_offered_suggestions(card, [p["id"] for p in predictors]),
         )
+
+
+def _offered_suggestions(card: Mapping[str, Any], predictor_ids: Sequence[str]) -> tuple[OfferedSuggestion, ...]:
+    """The card's suggestions, each with the predictor it orders: :mod:`cds_service.cards` names a suggestion
+    ``uuid5(card uuid, predictor id)``, so the predictor is the one of the card's predictors whose uuid5 matches."""
+    suggestions = card.get("suggestions") or ()
+    if not suggestions:
+        return ()
+    by_uuid: dict[str, str] = {}
+    try:
+        namespace = uuid_module.UUID(str(card["uuid"]))
+    except ValueError:
+        pass  # not a uuid: no suggestion uuid derives from it
+    else:
+        by_uuid = {str(uuid_module.uuid5(namespace, p)): p for p in predictor_ids}
+    return tuple(OfferedSuggestion(str(s["uuid"]), by_uuid.get(str(s["uuid"]))) for s in suggestions if "uuid" in s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +234,15 @@ class ReasonCount:
 
 @dataclass(frozen=True, slots=True)
 class ReportRow:
-    """Cards of one service, outcome and tier. A card counts once, by its latest feedback (``outcomeTimestamp``).
+    """Cards of one service, outcome and tier. A card counts once in each count, however much feedback it has:
 
-    Rates are of the cards issued (None when none was); a card without feedback was neither accepted nor overridden.
+    - ``accepted``: some feedback accepted the card, at any time; ``overridden``: some feedback overrode it. A card
+      can be both: ``accepted_then_overridden`` are those with an acceptance before an override,
+      ``overridden_then_accepted`` those with an override before an acceptance (in ``outcomeTimestamp`` order;
+      entries of the same instant in the order they arrived). Accepted, overridden, accepted again: in both.
+    - ``no_feedback``: cards issued that no feedback names (``cards_issued - cards_with_feedback``).
+    - Rates are of the cards issued (None when none was).
+    - ``top_override_reasons``: each overridden card counts once, with the reason of its latest override.
     """
 
     service_id: str
@@ -217,11 +255,42 @@ class ReportRow:
     acceptance_rate: float | None
     override_rate: float | None
     top_override_reasons: tuple[ReasonCount, ...]
+    no_feedback: int = 0
+    accepted_then_overridden: int = 0
+    overridden_then_accepted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SuggestionRow:
+    """The suggestions (orders) of one service's issued cards that order one predictor's test.
+
+    ``offered``: suggestions on the cards issued (a card offers a predictor's order at most once); ``accepted``: those
+    whose uuid some ``accepted`` feedback on their card names, at any time (even if the card was overridden later),
+    each once. The rate is of the suggestions offered. ``predictor`` is None for suggestions whose predictor the card
+    did not show. Cards recorded before revision 0003 kept no suggestions and are not counted here.
+    """
+
+    service_id: str
+    predictor: str | None
+    offered: int
+    accepted: int
+    acceptance_rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnmatchedSuggestions:
+    """Accepted suggestion ids, on one service's issued cards, that are not among the suggestions recorded with the
+    card: the card was recorded before suggestions were kept (revision 0003), or it did not offer that id."""
+
+    service_id: str
+    accepted: int
+    cards: int
 
 
 @dataclass(frozen=True, slots=True)
 class UnlinkedRow:
-    """Feedback, for one service, on cards this database never issued (or issued under another service)."""
+    """Feedback, for one service, on cards this database never issued (or issued under another service). A card
+    counts once, by its latest feedback (``outcomeTimestamp``)."""
 
     service_id: str
     feedback_entries: int
@@ -237,6 +306,8 @@ class Report:
     service_id: str | None
     rows: tuple[ReportRow, ...]
     unlinked: tuple[UnlinkedRow, ...]
+    suggestions: tuple[SuggestionRow, ...] = ()
+    unmatched_suggestions: tuple[UnmatchedSuggestions, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (snake_case keys, ISO-8601 UTC time, rates as fractions)."""
@@ -248,6 +319,9 @@ class Report:
             "generated_at": _iso(self.generated_at),
             "service_id": self.service_id,
             "rate_denominator": "cards_issued",
+            "card_counting": "any_feedback",
+            "override_reasons_counting": "latest_override_per_card",
+            "unlinked_counting": "latest_feedback_per_card",
             "rows": [
                 {
                     "service_id": r.service_id,
@@ -255,13 +329,30 @@ class Report:
                     "tier": r.tier,
                     "cards_issued": r.cards_issued,
                     "cards_with_feedback": r.cards_with_feedback,
+                    "no_feedback": r.no_feedback,
                     "accepted": r.accepted,
                     "overridden": r.overridden,
+                    "accepted_then_overridden": r.accepted_then_overridden,
+                    "overridden_then_accepted": r.overridden_then_accepted,
                     "acceptance_rate": r.acceptance_rate,
                     "override_rate": r.override_rate,
                     "top_override_reasons": reasons(r.top_override_reasons),
                 }
                 for r in self.rows
+            ],
+            "suggestions": [
+                {
+                    "service_id": s.service_id,
+                    "predictor": s.predictor,
+                    "offered": s.offered,
+                    "accepted": s.accepted,
+                    "acceptance_rate": s.acceptance_rate,
+                }
+                for s in self.suggestions
+            ],
+            "unmatched_suggestions": [
+                {"service_id": u.service_id, "accepted": u.accepted, "cards": u.cards}
+                for u in self.unmatched_suggestions
             ],
             "unlinked": [
                 {
@@ -549,6 +640,7 @@ class Store:
                 "present": list(c.present),
                 "knowledge_base": c.knowledge_base,
                 "issued_at": c.issued_at,
+                "suggestions": [{"uuid": s.uuid, "predictor": s.predictor} for s in c.suggestions],
             }
             for c in cards
         ]
@@ -572,10 +664,12 @@ class Store:
     # -- the report --
 
     def report(self, service_id: str | None = None) -> Report:
-        """Acceptance and override per service, outcome and tier; feedback on cards never issued here apart."""
+        """Acceptance and override per service, outcome and tier, counted per card over all its feedback; acceptance
+        per suggested order (predictor); feedback on cards never issued here apart."""
         counts = sa.select(
             issued_cards.c.service_id, issued_cards.c.outcome, issued_cards.c.tier, sa.func.count().label("n")
         ).group_by(issued_cards.c.service_id, issued_cards.c.outcome, issued_cards.c.tier)
+        offered = sa.select(issued_cards.c.service_id, issued_cards.c.suggestions).execution_options(yield_per=2000)
         link = sa.and_(issued_cards.c.uuid == feedback.c.card_uuid, issued_cards.c.service_id == feedback.c.service_id)
         entries = sa.select(
             feedback.c.id,
@@ -583,20 +677,34 @@ class Store:
             feedback.c.card_uuid,
             feedback.c.outcome,
             feedback.c.outcome_timestamp,
+            feedback.c.accepted_suggestions,
             feedback.c.override_reason_system,
             feedback.c.override_reason_code,
             feedback.c.override_reason_display,
             issued_cards.c.uuid.label("issued_uuid"),
             issued_cards.c.outcome.label("card_outcome"),
             issued_cards.c.tier.label("card_tier"),
+            issued_cards.c.suggestions.label("card_suggestions"),
         ).select_from(feedback.outerjoin(issued_cards, link))
         if service_id is not None:
             counts = counts.where(issued_cards.c.service_id == service_id)
+            offered = offered.where(issued_cards.c.service_id == service_id)
             entries = entries.where(feedback.c.service_id == service_id)
         with self.engine.connect() as connection:
             issued = {(r.service_id, r.outcome, r.tier): int(r.n) for r in connection.execute(counts)}
+            suggestions: Counter[tuple[str, str | None]] = Counter()
+            for r in connection.execute(offered):
+                for s in _suggestion_map(r.suggestions).values():
+                    suggestions[(r.service_id, s)] += 1
             rows = connection.execute(entries).all()
-        return _build_report(service_id, issued, rows)
+        return _build_report(service_id, issued, suggestions, rows)
+
+
+def _suggestion_map(stored: Any) -> dict[str, str | None]:
+    """An issued card's stored suggestions as {suggestion uuid: predictor id} (empty for a card recorded without)."""
+    if not isinstance(stored, list):
+        return {}
+    return {str(s["uuid"]): s.get("predictor") for s in stored if isinstance(s, dict) and "uuid" in s}
 
 
 @dataclass
@@ -605,8 +713,43 @@ class _Tally:
     entries: int = 0
     accepted: int = 0
     overridden: int = 0
+    accepted_then_overridden: int = 0
+    overridden_then_accepted: int = 0
     reasons: Counter[tuple[str | None, str | None]] = field(default_factory=Counter)
     displays: dict[tuple[str | None, str | None], str | None] = field(default_factory=dict)
+
+    def count_reason(self, row: Any) -> None:
+        reason = (row.override_reason_system, row.override_reason_code)
+        self.reasons[reason] += 1
+        self.displays.setdefault(reason, row.override_reason_display)
+
+    def count_card(self, entries: Sequence[Any]) -> None:
+        """One issued card: accepted if any entry accepted it, overridden if any overrode it, and in which order;
+        the reason of its latest override."""
+        self.cards.add(entries[0].card_uuid)
+        self.entries += len(entries)
+        outcomes = [e.outcome for e in entries]
+        accepts = [i for i, o in enumerate(outcomes) if o == "accepted"]
+        overrides = [i for i, o in enumerate(outcomes) if o != "accepted"]
+        if accepts:
+            self.accepted += 1
+        if overrides:
+            self.overridden += 1
+            self.count_reason(entries[overrides[-1]])
+        if accepts and overrides:
+            self.accepted_then_overridden += int(accepts[0] < overrides[-1])
+            self.overridden_then_accepted += int(overrides[0] < accepts[-1])
+
+    def count_latest(self, entries: Sequence[Any]) -> None:
+        """One card never issued here: counted by its latest entry."""
+        self.cards.add(entries[0].card_uuid)
+        self.entries += len(entries)
+        latest = entries[-1]
+        if latest.outcome == "accepted":
+            self.accepted += 1
+        else:
+            self.overridden += 1
+            self.count_reason(latest)
 
     def top_reasons(self) -> tuple[ReasonCount, ...]:
         ranked = sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0][0] or "\uffff", kv[0][1] or "\uffff"))
@@ -617,33 +760,37 @@ _Group = tuple[str, str | None, str]
 """service id, outcome, tier"""
 
 
-def _build_report(service_id: str | None, issued: dict[_Group, int], rows: Sequence[Any]) -> Report:
-    latest: dict[tuple[str, str], Any] = {}
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _build_report(
+    service_id: str | None,
+    issued: dict[_Group, int],
+    offered: Mapping[tuple[str, str | None], int],
+    rows: Sequence[Any],
+) -> Report:
+    by_card: defaultdict[tuple[str, str], list[Any]] = defaultdict(list)
+    for row in rows:
+        by_card[(row.service_id, row.card_uuid)].append(row)
     linked: defaultdict[_Group, _Tally] = defaultdict(_Tally)
     unlinked: defaultdict[str, _Tally] = defaultdict(_Tally)
-    for row in rows:
-        card = (row.service_id, row.card_uuid)
-        if row.issued_uuid is None:
-            unlinked[row.service_id].entries += 1
-        held = latest.get(card)
-        if held is None or (row.outcome_timestamp, row.id) > (held.outcome_timestamp, held.id):
-            latest[card] = row
-    for row in latest.values():
-        if row.issued_uuid is None:
-            tally = unlinked[row.service_id]
-        else:
-            tally = linked[(row.service_id, row.card_outcome, row.card_tier)]
-        tally.cards.add(row.card_uuid)
-        if row.outcome == "accepted":
-            tally.accepted += 1
-        else:
-            tally.overridden += 1
-            reason = (row.override_reason_system, row.override_reason_code)
-            tally.reasons[reason] += 1
-            tally.displays.setdefault(reason, row.override_reason_display)
-
-    def rate(part: int, whole: int) -> float | None:
-        return part / whole if whole else None
+    accepted: Counter[tuple[str, str | None]] = Counter()
+    unmatched: defaultdict[str, Counter[str]] = defaultdict(Counter)  # service → card → accepted ids not matched
+    for (sid, card_uuid), entries in by_card.items():
+        entries.sort(key=lambda r: (r.outcome_timestamp, r.id))
+        first = entries[0]
+        if first.issued_uuid is None:
+            unlinked[sid].count_latest(entries)
+            continue
+        linked[(sid, first.card_outcome, first.card_tier)].count_card(entries)
+        recorded = _suggestion_map(first.card_suggestions)
+        ids = {str(s) for e in entries if e.outcome == "accepted" for s in e.accepted_suggestions or ()}
+        for suggestion in ids:
+            if suggestion in recorded:
+                accepted[(sid, recorded[suggestion])] += 1
+            else:
+                unmatched[sid][card_uuid] += 1
 
     report_rows = []
     for (sid, outcome, tier), n in issued.items():
@@ -657,12 +804,22 @@ def _build_report(service_id: str | None, issued: dict[_Group, int], rows: Seque
                 cards_with_feedback=len(tally.cards),
                 accepted=tally.accepted,
                 overridden=tally.overridden,
-                acceptance_rate=rate(tally.accepted, n),
-                override_rate=rate(tally.overridden, n),
+                acceptance_rate=_rate(tally.accepted, n),
+                override_rate=_rate(tally.overridden, n),
                 top_override_reasons=tally.top_reasons(),
+                no_feedback=n - len(tally.cards),
+                accepted_then_overridden=tally.accepted_then_overridden,
+                overridden_then_accepted=tally.overridden_then_accepted,
             )
         )
     report_rows.sort(key=_row_order)
+    suggestion_rows = tuple(
+        SuggestionRow(sid, predictor, n, accepted[(sid, predictor)], _rate(accepted[(sid, predictor)], n))
+        for (sid, predictor), n in sorted(offered.items(), key=lambda kv: (kv[0][0], kv[0][1] is None, kv[0][1] or ""))
+    )
+    unmatched_rows = tuple(
+        UnmatchedSuggestions(sid, sum(cards.values()), len(cards)) for sid, cards in sorted(unmatched.items())
+    )
     unlinked_rows = tuple(
         UnlinkedRow(
             service_id=sid,
@@ -674,7 +831,7 @@ def _build_report(service_id: str | None, issued: dict[_Group, int], rows: Seque
         )
         for sid, t in sorted(unlinked.items())
     )
-    return Report(datetime.now(UTC), service_id, tuple(report_rows), unlinked_rows)
+    return Report(datetime.now(UTC), service_id, tuple(report_rows), unlinked_rows, suggestion_rows, unmatched_rows)
 
 
 def _row_order(row: ReportRow) -> tuple[str, int, str, int, str]:

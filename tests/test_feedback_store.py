@@ -289,9 +289,10 @@ def test_recorded_cards_link_feedback_in_the_report(store: Store) -> None:
 
 
 def test_report_rates_per_outcome_and_tier(store: Store) -> None:
-    """Hand-computed: refractory/warning has 4 cards (accepted; overridden 'not-relevant'; overridden then
-    accepted later; no feedback): 2 accepted, 1 overridden of 4 → 50 % and 25 %. gi/critical has 2 cards, both
-    overridden 'already-known' → 0 % and 100 %. The screening card has no feedback → 0 % and 0 %."""
+    """Hand-computed, each card once over all its feedback: refractory/warning has 4 cards (accepted; overridden
+    'not-relevant'; overridden 'not-relevant' then accepted later; no feedback): 2 accepted, 2 overridden of 4 → 50 %
+    and 50 %, 'not-relevant' on 2 cards. gi/critical has 2 cards, both overridden 'already-known' → 0 % and 100 %.
+    The screening card has no feedback → 0 % and 0 %."""
     store.record_cards(
         [
             *(card(f"r-{n}", "refractory", "warning") for n in range(1, 5)),
@@ -329,10 +330,10 @@ def test_report_rates_per_outcome_and_tier(store: Store) -> None:
             4,
             3,
             2,
-            1,
+            2,
             0.5,
-            0.25,
-            (ReasonCount(REASON_SYSTEM, "not-relevant", "not relevant", 1),),
+            0.5,
+            (ReasonCount(REASON_SYSTEM, "not-relevant", "not relevant", 2),),
         ),
         ("gi_perforation_death", "critical"): (
             2,
@@ -395,11 +396,23 @@ def test_report_can_be_limited_to_one_service(store: Store) -> None:
 
 
 def test_report_json_has_rates_and_unlinked(store: Store) -> None:
-    """Report.to_json() is JSON-ready: rows with rates as fractions, and the unlinked feedback."""
+    """Report.to_json() is JSON-ready: rows with rates as fractions (every key the report has always had), and the
+    unlinked feedback."""
     store.record_cards([card("c-1")])
     store.record_feedback(SERVICE, [item(card="c-1", outcome="accepted"), item(card="nowhere")], AT)
     document = store.report().to_json()
-    assert document["rows"][0] | {"top_override_reasons": []} == {
+    original_keys = (
+        "service_id",
+        "outcome",
+        "tier",
+        "cards_issued",
+        "cards_with_feedback",
+        "accepted",
+        "overridden",
+        "acceptance_rate",
+        "override_rate",
+    )
+    assert {k: document["rows"][0][k] for k in original_keys} | {"top_override_reasons": []} == {
         "service_id": SERVICE,
         "outcome": "refractory",
         "tier": "warning",
