@@ -66,7 +66,8 @@ def feedback() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--service", "service_id", metavar="ID", help="Only this CDS service (default: all).")
 def report(as_json: bool, service_id: str | None) -> None:
-    """Acceptance and override rates per outcome and tier, and feedback on cards this database never issued."""
+    """Acceptance and override per outcome and tier (each card once, over all its feedback), acceptance per
+    suggested order, and feedback on cards this database never issued."""
     with _store() as store:
         if store.current_revision() != store.head_revision():
             _fail("the database schema is not up to date: run 'nxp2-cds migrate'")
@@ -101,11 +102,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Calla
 
 
 def render_report(report: Report) -> str:
-    """The report as a plain-text table for a terminal."""
+    """The report as plain-text tables for a terminal."""
     scope = f"service {report.service_id}" if report.service_id else "all services"
     out = [
         f"Feedback report ({scope}), {report.generated_at:%Y-%m-%d %H:%M} UTC",
-        "Rates are of the cards issued; a card counts once, by its latest feedback.",
+        "A card counts once in each column, over all its feedback: accepted if any feedback accepted it, overridden",
+        "if any overrode it; it can be both (acc→ovr: accepted, later overridden; ovr→acc: overridden, later accepted;",
+        "by outcomeTimestamp). Rates are of the cards issued. Override reasons: each overridden card's latest reason.",
         "",
     ]
     if report.rows:
@@ -115,8 +118,11 @@ def render_report(report: Report) -> str:
             "tier",
             "issued",
             "with feedback",
+            "no feedback",
             "accepted",
             "overridden",
+            "acc→ovr",
+            "ovr→acc",
             "acceptance",
             "override",
             "top override reasons",
@@ -128,17 +134,22 @@ def render_report(report: Report) -> str:
                 r.tier,
                 str(r.cards_issued),
                 str(r.cards_with_feedback),
+                str(r.no_feedback),
                 str(r.accepted),
                 str(r.overridden),
+                str(r.accepted_then_overridden),
+                str(r.overridden_then_accepted),
                 _percent(r.acceptance_rate),
                 _percent(r.override_rate),
                 _reasons(r.top_override_reasons),
             )
             for r in report.rows
         ]
-        out += _table(headers, cells, lambda i: 3 <= i <= 8)
+        out += _table(headers, cells, lambda i: 3 <= i <= 11)
     else:
         out.append("No cards issued.")
+    out.append("")
+    out += _render_suggestions(report)
     out.append("")
     if report.unlinked:
         out.append("Feedback on cards this database never issued (unlinked):")
@@ -155,6 +166,24 @@ def render_report(report: Report) -> str:
             for u in report.unlinked
         ]
         out += _table(headers, cells, lambda i: 1 <= i <= 4)
+        out.append("(Unlinked: a card counts once, by its latest feedback.)")
     else:
         out.append("Feedback on cards this database never issued (unlinked): none.")
     return "\n".join(out) + "\n"
+
+
+def _render_suggestions(report: Report) -> list[str]:
+    if not report.suggestions:
+        out = ["Suggested orders: none recorded."]
+    else:
+        out = ["Suggested orders, per predictor (accepted: named by any accepted feedback on its card, at any time):"]
+        cells = [
+            (s.service_id, s.predictor or "(unknown)", str(s.offered), str(s.accepted), _percent(s.acceptance_rate))
+            for s in report.suggestions
+        ]
+        out += _table(("service", "predictor", "offered", "accepted", "acceptance"), cells, lambda i: i >= 2)
+    for u in report.unmatched_suggestions:
+        out.append(f"{u.service_id}: {u.accepted} accepted suggestion(s) on {u.cards} card(s) match no recorded order")
+    if report.unmatched_suggestions:
+        out.append("(cards recorded before their suggestions were kept, or ids the card did not offer).")
+    return out

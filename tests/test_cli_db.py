@@ -10,12 +10,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cds_service.cli_db import feedback, migrate
-from cds_service.feedback import IssuedCard, Store
+from cds_service.feedback import IssuedCard, OfferedSuggestion, Store
 from cds_service.protocol import FeedbackItem
 from cds_service.settings import CONFIG_ENV
 from tests.builders import AT
 
 SERVICE = "nxp2-jdm-risk"
+FERRITIN_ORDER = OfferedSuggestion("x", "ferritin_gt_200")
+ANA_ORDER = OfferedSuggestion("y", "ana_positive")
 
 
 @click.group()
@@ -42,14 +44,14 @@ def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def populated(database: str) -> str:
-    """A migrated database: two refractory warning cards (one accepted, one overridden 'not-relevant'), one
-    screening card without feedback, and feedback on a card it never issued."""
+    """A migrated database: two refractory warning cards (one accepted with its ferritin order 'x', one overridden
+    'not-relevant'), one screening card without feedback, and feedback on a card it never issued."""
     assert run("migrate").exit_code == 0
     store = Store(database)
     store.record_cards(
         [
-            IssuedCard("r-1", SERVICE, "refractory", "warning", ("edema",), "kb@1", AT),
-            IssuedCard("r-2", SERVICE, "refractory", "warning", ("edema",), "kb@1", AT),
+            IssuedCard("r-1", SERVICE, "refractory", "warning", ("edema",), "kb@1", AT, (FERRITIN_ORDER,)),
+            IssuedCard("r-2", SERVICE, "refractory", "warning", ("edema",), "kb@1", AT, (ANA_ORDER,)),
             IssuedCard("s-1", SERVICE, None, "info", (), "kb@1", AT),
         ]
     )
@@ -89,13 +91,32 @@ def test_migrate_twice_succeeds(database: str) -> None:
 
 
 def test_report_prints_a_table(populated: str) -> None:
-    """'feedback report' prints one line per outcome and tier with counts, rates and override reasons."""
+    """'feedback report' prints one line per outcome and tier: issued, with feedback, no feedback, accepted,
+    overridden, accepted then overridden, overridden then accepted, the rates and the override reasons."""
     result = run("feedback", "report")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     (refractory,) = [line for line in lines if " refractory " in line]
-    assert refractory.split()[3:10] == ["2", "2", "1", "1", "50.0%", "50.0%", "Not"]
+    assert refractory.split()[3:13] == ["2", "2", "0", "1", "1", "0", "0", "50.0%", "50.0%", "Not"]
     assert "screening" in result.stdout
+
+
+def test_report_counts_a_card_accepted_then_overridden_in_both(populated: str) -> None:
+    """After r-1 (accepted) is overridden later, the text report counts it accepted, overridden and accepted then
+    overridden: accepted 1, overridden 2 of 2 cards."""
+    store = Store(populated)
+    item = {"card": "r-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-24T13:00:00Z"}
+    store.record_feedback(SERVICE, [FeedbackItem.model_validate(item)], AT)
+    store.dispose()
+    (refractory,) = [line for line in run("feedback", "report").stdout.splitlines() if " refractory " in line]
+    assert refractory.split()[3:12] == ["2", "2", "0", "1", "2", "1", "0", "50.0%", "100.0%"]
+
+
+def test_report_prints_the_suggestion_table(populated: str) -> None:
+    """The text report has a table of suggested orders per predictor: offered, accepted, acceptance."""
+    lines = run("feedback", "report").stdout.splitlines()
+    rows = {line.split()[1]: line.split()[2:] for line in lines if line.startswith(SERVICE) and "_" in line.split()[1]}
+    assert rows == {"ana_positive": ["1", "0", "0.0%"], "ferritin_gt_200": ["1", "1", "100.0%"]}
 
 
 def test_report_shows_unlinked_feedback(populated: str) -> None:
@@ -117,6 +138,10 @@ def test_report_json(populated: str) -> None:
     document = json.loads(result.stdout)
     rows = {(r["outcome"], r["tier"]): (r["cards_issued"], r["accepted"], r["override_rate"]) for r in document["rows"]}
     assert rows == {("refractory", "warning"): (2, 1, 0.5), (None, "info"): (1, 0, 0.0)}
+    assert [(s["predictor"], s["offered"], s["accepted"]) for s in document["suggestions"]] == [
+        ("ana_positive", 1, 0),
+        ("ferritin_gt_200", 1, 1),
+    ]
     assert [u["feedback_entries"] for u in document["unlinked"]] == [1]
 
 
