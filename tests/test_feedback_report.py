@@ -35,6 +35,11 @@ KB = "wang-2020-anti-nxp2-jdm@1.0.0"
 _NAMESPACE = uuid.UUID("5b0c3a51-7c1e-4d8e-9a53-2f1f6d0c9e11")
 
 
+def chart(*extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """An eligible child: anti-NXP2 positive, with a recorded JDM diagnosis, and ``extra``."""
+    return [patient(), nxp2_positive(), condition("M33.00"), *extra]
+
+
 def card_uuid(name: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, name))
 
@@ -255,7 +260,7 @@ def test_an_accepted_id_the_card_did_not_offer_is_unmatched(store: Store) -> Non
 def test_suggestions_of_a_real_card_are_reported_by_predictor(store: Store, engine: Engine) -> None:
     """Cards built by the engine and recorded through IssuedCard.from_card(): accepting one suggestion of the first
     card counts it as accepted for the predictor whose order it is."""
-    resources = [patient(), nxp2_positive(), condition("R60.0")]
+    resources = chart(condition("R60.0"))
     cards = engine.cards(
         engine.assess(resources, patient_id="pat-1", at=AT), CardContext(hook_instance="hook-1", patient_id="pat-1")
     )
@@ -285,7 +290,7 @@ def test_suggestions_of_a_real_card_are_reported_by_predictor(store: Store, engi
 def test_issued_card_keeps_each_suggestion_and_the_predictor_it_orders(engine: Engine) -> None:
     """IssuedCard.from_card() keeps every suggestion uuid of a real card, with the predictor whose order (the
     ServiceRequest's code text) it carries."""
-    resources = [patient(), nxp2_positive(), obs("2276-4", **qty(400, "ng/mL"))]
+    resources = chart(obs("2276-4", **qty(400, "ng/mL")))
     cards = engine.cards(
         engine.assess(resources, patient_id="pat-1", at=AT), CardContext(hook_instance="hook-1", patient_id="pat-1")
     )
@@ -303,7 +308,7 @@ def test_issued_card_keeps_each_suggestion_and_the_predictor_it_orders(engine: E
 
 def test_a_card_without_suggestions_keeps_none(engine: Engine) -> None:
     """A card whose JSON has no suggestions is kept with an empty tuple of suggestions."""
-    resources = [patient(), nxp2_positive(), condition("R60.0")]
+    resources = chart(condition("R60.0"))
     card = engine.cards(
         engine.assess(resources, patient_id="pat-1", at=AT), CardContext(hook_instance="hook-1", patient_id="pat-1")
     )[0]

@@ -429,7 +429,13 @@ def test_report_json_has_rates_and_unlinked(store: Store) -> None:
 
 def test_issued_card_is_read_from_a_real_card(engine: Engine) -> None:
     """IssuedCard.from_card() keeps the uuid, outcome, tier, present predictors and knowledge base of a card."""
-    resources = [patient(), nxp2_positive(), condition("R60.0"), obs("2276-4", **qty(400, "ng/mL"))]
+    resources = [
+        patient(),
+        nxp2_positive(),
+        condition("M33.00"),
+        condition("R60.0"),
+        obs("2276-4", **qty(400, "ng/mL")),
+    ]
     assessment = engine.assess(resources, patient_id="pat-1", at=AT)
     cards = engine.cards(assessment, CardContext(hook_instance="hook-1", patient_id="pat-1"))
     issued = [IssuedCard.from_card(c, service_id=SERVICE, issued_at=AT) for c in cards]
