@@ -21,6 +21,7 @@ counts for one antibody), is shown but left commented out in the snippet, for a 
 from __future__ import annotations
 
 import re
+import textwrap
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ _PLURAL = {OBSERVATION: "Observations", COMPONENT: "Observation components", CON
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _NAME_WIDTH = 60
 _CODES_SHOWN = 4
+_WRAP = 110
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +185,7 @@ class SurveyResult:
             for s in review:
                 assert s.token is not None
                 lines.append(f"# {s.target.key} = [{_toml_string(s.token)}]  # {_comment(_describe([s]))}")
-                lines.append(f"#   {_comment(s.review or '')}")
+                lines.extend(f"#   {part}" for part in textwrap.wrap(_comment(s.review or ""), _WRAP))
         if not written and not review:
             lines.append("# nothing to add: no unmapped code on this server looks like a predictor")
         return "\n".join(lines) + "\n"
@@ -539,5 +541,8 @@ def _table(suggestions: Sequence[Suggestion]) -> list[str]:
         out.append(line(row))
         if s.also_matches:
             out.append(f"{indent}also looks like: {', '.join(s.also_matches)}")
-        out.extend(f"{indent}note: {note}" for note in s.notes())
+        for note in s.notes():
+            out.extend(
+                textwrap.wrap(note, _WRAP, initial_indent=f"{indent}note: ", subsequent_indent=f"{indent}      ")
+            )
     return out
