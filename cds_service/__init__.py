@@ -66,6 +66,13 @@ def create_app(
         log.warning("AUTHENTICATION DISABLED: any caller can use this service; use only on a loopback address")
     elif not settings.auth.issuers:
         log.warning("no [[auth.issuers]] configured: every call will be refused with 401")
+    unmapped = engine.unmapped_by_code()
+    if unmapped:
+        log.warning(
+            "PREDICTORS WITHOUT A SITE CODE: recognised by name only (or not at all); "
+            "run `nxp2-cds mappings survey --fhir-server URL` and add [mappings.local_codes]",
+            predictors=sorted(unmapped),
+        )
     if migrate:
         store.migrate()
     elif not store.schema_is_current():

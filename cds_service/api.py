@@ -243,7 +243,19 @@ def readyz() -> Response:
         "value_sets": bool(rt.engine.terminology.concepts),
     }
     ready = all(checks.values())
-    return json_response({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+    unmapped = rt.engine.unmapped_by_code()
+    if unmapped:
+        # A warning, not a failure: anti-NXP2 is still recognised by name (the "laboratory" prefetch template).
+        body["warnings"] = {
+            "mappings": {
+                "recognised_by_name_only": sorted(p for p, how in unmapped.items() if how == "by-name"),
+                "not_recognised": sorted(p for p, how in unmapped.items() if how == "not-recognised"),
+                "fix": "run `nxp2-cds mappings survey --fhir-server URL` and add the site's codes to "
+                "[mappings.local_codes]",
+            }
+        }
+    return json_response(body, 200 if ready else 503)
 
 
 @docs.get("/metrics")
@@ -294,8 +306,10 @@ def service(service_id: str) -> Response:
         resources_seen=findings.resources_seen,
         resources_used=findings.resources_used,
         eligibility=assessment.eligibility,
+        decision=assessment.decision,
         cards=[card["indicator"] for card in cards],
     )
+    metrics.DECISIONS.labels(assessment.decision).inc()
     return json_response({"cards": cards})
 
 

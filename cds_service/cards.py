@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_mappings import PatientFindings, PredictorFinding, State
+from fhir_mappings import PatientFindings, PredictorFinding, Source, State
 
 from .knowledge import PREDICTOR_IDS, KnowledgeBase, Outcome, Predictor, Row
 from .risk import Assessment, OutcomeAssessment
@@ -45,6 +45,8 @@ def render_cards(assessment: Assessment, knowledge: KnowledgeBase, context: Card
         return [renderer.risk_card(o) for o in assessment.outcomes if o.tier is not None]
     if assessment.screening:
         return [renderer.screening_card()]
+    if assessment.notice is not None:
+        return [renderer.notice_card(assessment.notice)]
     return []
 
 
@@ -115,13 +117,36 @@ class _Renderer:
 
     def screening_card(self) -> dict[str, Any]:
         wording = self.words.screening
+        missing = self.kb.eligibility.screening_requires_unknown
+        pending = any(self.findings.predictors[p].basis == "pending" for p in missing if p in self.findings.predictors)
+        status = [
+            f"**{self.kb.predictors[p].label}:** {self._basis_text(self.findings.predictors[p], p)}"
+            for p in missing
+            if p in self.findings.predictors
+        ]
         return self._card(
             "screening",
-            fit_summary(wording.summary, {}, {}),
-            "\n\n".join([wording.detail, self._evidence_block()]),
+            fit_summary(wording.summary_pending if pending else wording.summary, {}, {}),
+            "\n\n".join([wording.detail, *status, self._evidence_block()]),
             "info",
-            self.kb.eligibility.screening_requires_unknown,
-            self._extension(None, "info", ()),
+            missing,
+            self._extension(None, "info", (), card_type="screening"),
+        )
+
+    def notice_card(self, notice: str) -> dict[str, Any]:
+        wording = self.words.notices[notice]
+        blocks = [wording.detail]
+        basis = self._eligibility_basis()
+        if basis:
+            blocks.append(basis)
+        blocks.append(self._evidence_block())
+        return self._card(
+            notice,
+            fit_summary(wording.summary, {}, {}),
+            "\n\n".join(blocks),
+            "info",
+            (),
+            self._extension(None, "info", (), card_type="notice"),
         )
 
     def _card(
@@ -172,7 +197,7 @@ class _Renderer:
     def _risk_detail(self, result: OutcomeAssessment, outcome: Outcome) -> str:
         words = self.words
         headers = [h.format(outcome_short=outcome.short) for h in words.table_headers]
-        lines = [words.outcomes[result.outcome_id].intro, ""]
+        lines = [words.outcomes[result.outcome_id].intro, "", self._eligibility_basis(), ""]
         lines.append("| " + " | ".join(headers) + " |")
         lines.append("|" + "---|" * len(headers))
         footnotes: list[str] = []
@@ -183,10 +208,16 @@ class _Renderer:
         blocks = ["\n".join(lines)]
         if footnotes:
             blocks.append("\n".join(footnotes))
-        if result.unknown:
+        examine = [p for p in result.unknown if self.findings.predictors[p].basis in _EXAMINE]
+        if examine:
+            blocks.append(
+                f"**{words.examine_heading}:** " + ", ".join(self.kb.predictors[p].label for p in examine) + "."
+            )
+        others_unknown = [p for p in result.unknown if p not in examine]
+        if others_unknown:
             items = [
                 f"{self.kb.predictors[p].label} — {self._basis_text(self.findings.predictors[p], p)}"
-                for p in result.unknown
+                for p in others_unknown
             ]
             blocks.append(f"**{words.not_assessed_heading}:** " + "; ".join(items) + ".")
         others = [r for r in outcome.rows if r.predictor and r.predictor not in outcome.drivers]
@@ -243,6 +274,38 @@ class _Renderer:
         ]
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
+    def _eligibility_basis(self) -> str:
+        """What made the child eligible (or not yet): the anti-NXP2 result, the diagnosis, the age and how."""
+        words = self.words
+        rules = self.kb.eligibility
+        parts: list[str] = []
+        for pid in rules.requires_present:
+            finding = self.findings.predictors.get(pid)
+            if finding is None:
+                continue
+            date = escape_markdown(finding.effective[:10]) if finding.effective else "?"
+            source = escape_markdown(", ".join(finding.references[:2])) or "?"
+            if finding.state is not State.PRESENT:
+                parts.append(f"{self.kb.predictors[pid].label}: {self._basis_text(finding, pid)}")
+            elif pid == rules.diagnosis:
+                display = next((s.code_display for s in finding.sources if s.code_display), None)
+                parts.append(
+                    words.basis_diagnosis.format(
+                        diagnosis=escape_markdown(display or self.kb.predictors[pid].label), date=date, source=source
+                    )
+                )
+            else:
+                recorded = next((s.value for s in finding.sources if s.value), None)
+                parts.append(
+                    words.basis_antibody.format(
+                        value=escape_markdown(recorded or str(finding.value)), date=date, source=source
+                    )
+                )
+        age, basis = self.assessment.age_years, self.assessment.age_basis
+        if age is not None and basis in words.basis_age:
+            parts.append(words.basis_age[basis].format(age=age))
+        return f"**{words.basis_heading}:** " + "; ".join(parts) + "." if parts else ""
+
     def _value_cell(self, finding: PredictorFinding, predictor_id: str) -> str:
         if finding.state is State.UNKNOWN:
             return self._basis_text(finding, predictor_id)
@@ -250,18 +313,35 @@ class _Renderer:
         date = f" ({escape_markdown(finding.effective[:10])})" if finding.effective else ""
         basis = self._basis_text(finding, predictor_id)
         if finding.basis == "reported" and shown:
+            if len(finding.sources) == 1 and finding.sources[0].value:
+                shown = escape_markdown(_as_reported(finding.sources[0]))
             return f"{shown}{date}"
         return f"{shown}{date}, {basis}" if shown else f"{basis}{date}"
 
     def _basis_text(self, finding: PredictorFinding, predictor_id: str) -> str:
         template = self.words.basis.get(finding.basis, finding.basis)
         sources = ", ".join(
-            escape_markdown(f"{s.code_display or s.concept} {s.value or ''}".strip()) for s in finding.sources
+            escape_markdown(f"{s.code_display or s.concept} {_as_reported(s)}".strip()) for s in finding.sources
         )
-        rule = self.kb.predictors[predictor_id].rule
-        days = finding.basis_detail.get("lookback_days") or (str(rule.lookback_days) if rule.lookback_days else "")
-        date = escape_markdown(finding.effective[:10]) if finding.effective else ""
-        return template.format(sources=sources, days=days, date=date)
+        predictor = self.kb.predictors[predictor_id]
+        rule = predictor.rule
+        detail = finding.basis_detail
+        days = detail.get("lookback_days") or (str(rule.lookback_days) if rule.lookback_days else "")
+        date = escape_markdown(finding.effective[:10]) if finding.effective else "?"
+        minutes = int(detail.get("gap_minutes", "0"))
+        gap = (
+            self.words.gap_hours.format(n=max(1, round(minutes / 60)))
+            if minutes < 48 * 60
+            else self.words.gap_days.format(n=round(minutes / 1440))
+        )
+        return template.format(
+            sources=sources,
+            days=days,
+            date=date,
+            value=escape_markdown(detail.get("value", "")),
+            pair=predictor.pair_label or predictor.label,
+            gap=gap,
+        )
 
     def _defects_for(self, rows: Iterable[Row | None]) -> list[str]:
         seen: list[str] = []
@@ -285,7 +365,8 @@ class _Renderer:
         suggestions = []
         for predictor_id in predictor_ids:
             predictor = self.kb.predictors[predictor_id]
-            if predictor.order is None:
+            finding = self.findings.predictors.get(predictor_id)
+            if predictor.order is None or (finding is not None and finding.basis in _NO_REORDER):
                 continue
             suggestions.append(
                 {
@@ -313,11 +394,13 @@ class _Renderer:
             code["coding"] = [coding]
         outcomes = [self.kb.outcomes[o].label.lower() for o in self.kb.outcome_ids_driven_by(predictor_id)]
         lookback = predictor.rule.lookback_days
+        finding = self.findings.predictors.get(predictor_id)
+        if finding is None or finding.basis == "no-data":
+            why = self.words.lookback_text.format(days=lookback) if lookback else self.words.lookback_unlimited_text
+        else:
+            why = self._basis_text(finding, predictor_id).replace("\\", "")
         reason = self.words.suggestion_reason.format(
-            outcomes=" and ".join(outcomes) if outcomes else "eligibility",
-            lookback=(
-                self.words.lookback_text.format(days=lookback) if lookback else self.words.lookback_unlimited_text
-            ),
+            outcomes=" and ".join(outcomes) if outcomes else "eligibility", why=why
         )
         resource: dict[str, Any] = {
             "resourceType": "ServiceRequest",
@@ -336,12 +419,14 @@ class _Renderer:
             resource["note"] = [{"text": order.note}]
         return resource
 
-    def _extension(self, outcome_id: str | None, tier: str, drivers: Sequence[str]) -> dict[str, Any]:
+    def _extension(
+        self, outcome_id: str | None, tier: str, drivers: Sequence[str], card_type: str = "risk"
+    ) -> dict[str, Any]:
         findings = self.findings
         assessment = self.assessment
         return {
             "version": EXTENSION_VERSION,
-            "cardType": "risk" if outcome_id else "screening",
+            "cardType": card_type,
             "outcome": outcome_id,
             "tier": tier,
             "knowledgeBase": {"id": self.kb.source.id, "version": self.kb.source.version},
@@ -350,6 +435,8 @@ class _Renderer:
                 "eligible": assessment.eligible,
                 "reason": assessment.eligibility,
                 "ageYears": findings.age_years,
+                "ageAtEligibility": assessment.age_years,
+                "ageBasis": assessment.age_basis,
             },
             "drivers": list(drivers),
             "predictors": [_predictor_json(findings.predictors[p], p in drivers) for p in PREDICTOR_IDS],
@@ -362,6 +449,21 @@ class _Renderer:
 
 
 _SUPERSCRIPTS = ("¹", "²", "³", "⁴", "⁵", "⁶", "⁷", "⁸", "⁹")
+_EXAMINE = frozenset({"not-recorded", "suspected"})
+"""Clinical findings nobody recorded either way: the card asks the clinician to examine for them now."""
+_NO_REORDER = frozenset({"pending"})
+"""A result on its way: no repeat order is suggested."""
+
+
+def _as_reported(source: Source) -> str:
+    """The value as the laboratory reported it, with the normalised value beside it when the unit differs:
+    ``"1100 pmol/L = 489.5 ng/mL"``."""
+    recorded = source.value or ""
+    normalised, unit = source.normalised_value, source.normalised_unit
+    if normalised is None or not unit or not recorded or (source.unit or "") == unit:
+        return recorded
+    shown = f"{normalised:.1f}" if abs(normalised) >= 10 else f"{normalised:.2f}"
+    return f"{recorded} = {shown} {unit}" if not unit.startswith("{") else f"{recorded} = {shown}"
 
 
 def _p_with_relation(printed: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_mappings import (
+    FindingRule,
     MappingRules,
     Reader,
     Terminology,
@@ -65,12 +66,26 @@ class Engine:
             raise KnowledgeError(str(exc)) from exc
         return cls(knowledge, terminology)
 
+    def unmapped_by_code(self) -> dict[str, str]:
+        """Predictors read from Observations whose value sets hold no code at all (not even a site's local code):
+        ``by-name`` when a text pattern still recognises them (anti-NXP2, through the ``laboratory`` prefetch
+        template), ``not-recognised`` when nothing can (muscle grade: no standard code exists)."""
+        out: dict[str, str] = {}
+        for pid, rule in self.rules.predictors.items():
+            if isinstance(rule, FindingRule):
+                continue
+            concepts = [self.terminology.concepts[c] for c in rule.valuesets]
+            if any(c.codes for c in concepts):
+                continue
+            out[pid] = "by-name" if any(c.text_pattern for c in concepts) else "not-recognised"
+        return out
+
     def assess(self, resources: Iterable[object], *, patient_id: str, at: datetime) -> Assessment:
         """Read the chart once; evaluate the eligibility predictors first, and the others only when a card is
         possible (most charts: not anti-NXP2 positive, no JDM, so no card and nothing more to do)."""
         chart = self.reader.read(resources, patient_id=patient_id, at=at)
         first = assess(chart.findings(self.gate), self.knowledge)
-        if not (first.eligible or first.screening):
+        if not (first.eligible or first.screening or first.notice):
             return first
         return assess(chart.findings(), self.knowledge)
 

@@ -167,7 +167,9 @@ def tier_rules_text(outcome: Outcome) -> Sequence[str]:
     for rule in outcome.tiers:
         conditions = []
         if rule.min_present:
-            conditions.append(f"at least {rule.min_present} predictor{'s' if rule.min_present > 1 else ''} present")
+            kind = " significant two-sided (P < 0.05)" if rule.count == "significant" else ""
+            plural = "s" if rule.min_present > 1 else ""
+            conditions.append(f"at least {rule.min_present}{kind} predictor{plural} present")
         if rule.min_unknown:
             conditions.append(f"at least {rule.min_unknown} not assessed")
         lines.append(f"{rule.tier}: {' and '.join(conditions) or 'always'}")

@@ -63,6 +63,9 @@ class SourceInfo(_Model):
 
 class Eligibility(_Model):
     requires_present: tuple[str, ...] = Field(min_length=1)
+    diagnosis: str | None = None
+    """The required predictor whose Condition says when the disease began (age at onset); without it recorded,
+    an otherwise eligible child gets the "diagnosis-not-recorded" notice instead of risk cards."""
     max_age_years: int = Field(gt=0)
     screening_requires_present: tuple[str, ...] = ()
     screening_requires_unknown: tuple[str, ...] = ()
@@ -89,6 +92,8 @@ class Predictor(_Model):
     short: str
     test: str
     caveat: str | None = None
+    pair_label: str | None = None
+    """What is paired to compute the value ("CD4 and CD8"), for "… not measured together"."""
     rule: PredictorRule
     order: OrderSpec | None = None
 
@@ -144,6 +149,16 @@ class Row(_Model):
     p_two_sided: str | None = None
     defects: tuple[str, ...] = ()
     note: str | None = None
+    top_tier_reason: str | None = None
+    """Why this row counts toward a tier rule with ``count = "significant"`` although its two-sided P is not below
+    the tier policy's alpha (without a reason, it does not)."""
+
+    @property
+    def p_value(self) -> float:
+        """The two-sided P as a number (``p_two_sided`` where a cell is zero, else the published P; ``<.0001`` is
+        read as 0.0001)."""
+        printed = (self.p_two_sided or self.published.p).lstrip("<> ")
+        return float(printed)
 
     @property
     def zero_cell(self) -> bool:
@@ -164,6 +179,12 @@ class TierRule(_Model):
     tier: Tier
     min_present: int = Field(default=0, ge=0)
     min_unknown: int = Field(default=0, ge=0)
+    count: Literal["all", "significant"] = "all"
+    """``significant``: ``min_present`` counts only drivers significant two-sided (see :class:`TierPolicy`)."""
+
+
+class TierPolicy(_Model):
+    alpha: float = Field(default=0.05, gt=0, lt=1)
 
 
 class Outcome(_Model):
@@ -175,6 +196,8 @@ class Outcome(_Model):
     n: int = Field(gt=0)
     drivers: tuple[str, ...] = Field(min_length=1)
     tiers: tuple[TierRule, ...] = Field(min_length=1)
+    tier_rationale: str = ""
+    """Why the tier rules are what they are (shown on the evidence page)."""
     rows: tuple[Row, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -192,6 +215,15 @@ class Outcome(_Model):
 
     def row_for(self, predictor_id: str) -> Row | None:
         return next((r for r in self.rows if r.predictor == predictor_id), None)
+
+    def significant_drivers(self, alpha: float) -> tuple[str, ...]:
+        """Drivers whose two-sided P is below ``alpha``, or whose row says why they count anyway."""
+        out = []
+        for driver in self.drivers:
+            row = self.row_for(driver)
+            if row is not None and (row.p_value < alpha or row.top_tier_reason):
+                out.append(driver)
+        return tuple(out)
 
 
 class Defect(_Model):
@@ -212,7 +244,18 @@ class OutcomeWording(_Model):
 
 class ScreeningWording(_Model):
     summary: str = Field(max_length=139)
+    summary_pending: str = Field(max_length=139)
     detail: str
+
+
+class NoticeWording(_Model):
+    """An info card that says why the risk cards do not apply (yet)."""
+
+    summary: str = Field(max_length=139)
+    detail: str
+
+
+NOTICE_IDS = ("diagnosis-not-recorded", "age-unknown")
 
 
 class OverrideReason(_Model):
@@ -242,9 +285,19 @@ class Wording(_Model):
     suggestion_reason: str
     lookback_text: str
     lookback_unlimited_text: str
+    basis_heading: str
+    basis_antibody: str
+    basis_diagnosis: str
+    basis_age: dict[Literal["onset", "diagnosis", "now"], str]
+    gap_hours: str
+    gap_days: str
+    examine_heading: str
+    reading_rules: tuple[str, ...] = ()
+    """The rules by which the chart is read, in words (the evidence page lists them)."""
     basis: dict[str, str]
     outcomes: dict[str, OutcomeWording]
     screening: ScreeningWording
+    notices: dict[str, NoticeWording]
     override_reasons: tuple[OverrideReason, ...] = Field(min_length=1)
     service: ServiceWording
 
@@ -255,8 +308,16 @@ BASIS_CODES = (
     "condition",
     "observation",
     "condition-despite-later-observation",
-    "no-record",
+    "condition-history",
+    "condition-resolved",
+    "condition-refuted",
+    "suspected",
+    "not-recorded",
     "equivocal",
+    "conflicting",
+    "pending",
+    "implausible",
+    "unpaired",
     "outside-lookback",
     "no-data",
     "unreadable",
@@ -268,6 +329,7 @@ class KnowledgeBase(_Model):
     source: SourceInfo
     eligibility: Eligibility
     data_rules: DataRules
+    tier_policy: TierPolicy = TierPolicy()
     predictors: dict[str, Predictor]
     outcomes: dict[str, Outcome]
     defects: dict[str, Defect]
@@ -282,6 +344,12 @@ class KnowledgeBase(_Model):
         if missing_outcomes:
             raise ValueError(f"outcomes: the contract's outcome ids are missing: {missing_outcomes}")
         known = set(self.predictors)
+        diagnosis = self.eligibility.diagnosis
+        if diagnosis is not None and diagnosis not in self.eligibility.requires_present:
+            raise ValueError("eligibility.diagnosis must be one of eligibility.requires_present")
+        missing_notices = [n for n in NOTICE_IDS if n not in self.wording.notices]
+        if missing_notices:
+            raise ValueError(f"wording.notices: missing {missing_notices}")
         named = (
             list(self.eligibility.requires_present)
             + list(self.eligibility.screening_requires_present)

@@ -31,6 +31,11 @@ REQUEST_SECONDS = Histogram(
     "nxp2_cds_http_request_duration_seconds", "Time to answer, by route.", ["route"], buckets=_LATENCY_BUCKETS
 )
 CARDS = Counter("nxp2_cds_cards_issued_total", "Cards issued, by outcome and tier.", ["outcome", "tier"])
+DECISIONS = Counter(
+    "nxp2_cds_decisions_total",
+    "Hook calls by what was decided (risk-cards, screening, notice-…, or why no card: anti-nxp2-negative, …).",
+    ["decision"],
+)
 PREFETCH_KEYS = Counter("nxp2_cds_prefetch_keys_total", "Prefetch keys by how their data was obtained.", ["source"])
 FHIR_CALLS = Counter(
     "nxp2_cds_fhir_fallback_calls_total", "Hook calls that fetched data from the FHIR server, by result.", ["result"]

@@ -32,11 +32,21 @@ Json = dict[str, Any]
 PATIENT_TOKEN = "{{context.patientId}}"  # noqa: S105 - a CDS Hooks prefetch token, not a secret
 
 
+LABORATORY_KEY = "laboratory"
+LABORATORY_CATEGORY = "laboratory"
+
+
 def build_templates(engine: Engine) -> dict[str, str]:
     """The prefetch templates: the Patient, the patient's Observations with every code the value sets need
     (ICD-10 codes are for Conditions and left out), and the patient's Conditions (all of them: ICD-10 codes are
     often stored without the dot, so a code filter would miss them). Within the spec's prefetch query
-    restrictions: a read, and type searches by reference and token."""
+    restrictions: a read, and type searches by reference and token.
+
+    While a predictor read from laboratory results has no code at all (anti-NXP2 has no LOINC code; until the
+    site maps its local one), a fourth template fetches the patient's laboratory results by category
+    (``category=laboratory``: the search US Core requires of every server, a token search within the prefetch
+    restrictions), so a result recognisable only by its name reaches the service from the EHR and from the
+    fallback alike. ``code:text`` would fetch less, but few servers support it."""
     rules = engine.rules.predictors.values()
     concepts = sorted(
         {c for rule in rules if not (isinstance(rule, FindingRule) and not rule.observations) for c in rule.concepts()}
@@ -47,11 +57,14 @@ def build_templates(engine: Engine) -> dict[str, str]:
         for system, code in terminology.codes_of(concepts)
         if not terminology.is_dotless(system)
     ]
-    return {
+    templates = {
         "patient": f"Patient/{PATIENT_TOKEN}",
         "observations": f"Observation?patient={PATIENT_TOKEN}&code={','.join(codes)}",
         "conditions": f"Condition?patient={PATIENT_TOKEN}",
     }
+    if any(how == "by-name" for how in engine.unmapped_by_code().values()):
+        templates[LABORATORY_KEY] = f"Observation?patient={PATIENT_TOKEN}&category={LABORATORY_CATEGORY}"
+    return templates
 
 
 def render(template: str, context: PatientViewContext) -> str:

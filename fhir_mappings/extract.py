@@ -8,13 +8,21 @@ with the size of the chart. A resource that fails R4 validation is skipped with 
 
 Rules of the domain (see DESIGN.md):
 
-- Observations count with status final / amended / corrected; Conditions when not refuted / entered-in-error
-  and clinically active (active / recurrence / relapse, or no clinicalStatus and no abatement).
+- Observations count with status final / amended / corrected; a preliminary or registered result never counts
+  and makes the predictor "pending", not "no result".
+- Conditions are read as a clinician reads a problem list: confirmed (or unstated verification) and active /
+  recurrence / relapse is present; unconfirmed / provisional / differential is suspected (unknown); refuted,
+  inactive, remission, resolved or abated is recorded absent; entered-in-error or no clinical status is no record.
 - Resources whose subject is another patient are ignored.
+- An antibody is read only from evidence specific to it: its code, its component of a panel, or a result whose
+  own name names it. A multi-antibody panel's panel-level value or interpretation never decides it.
 - The latest valid value inside a predictor's look-back window wins; results at the same time that disagree are
-  resolved towards the predictor being present (the card shows every source).
-- A lab predictor with no valid value in its window is unknown; a finding with no active Condition and no
-  positive finding Observation is absent.
+  resolved towards the predictor being present (the card shows every source), except for rules that say
+  ``on_conflict = "unknown"`` (anti-NXP2): results of the same date that disagree are "conflicting", unknown.
+- A value outside the rule's plausible range after unit conversion is flagged ("implausible"), never used.
+- No valid value in the window is unknown, with the honest reason: no result, pending, equivocal, conflicting,
+  unreadable (with the value as written), not paired (with the gap), or older than the look-back. For clinical
+  findings, no record either way is unknown ("not recorded"), never absent.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from .values import (
     as_number,
     meets,
     parse_grade,
+    parse_number_text,
     parse_titer,
     quantity_text,
     verdict_of_codeable,
@@ -64,7 +73,11 @@ from .values import (
 Json = dict[str, Any]
 
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
-_REF_RANGE_TEXT = re.compile(r"^\s*(<=|<|≤)\s*(\d+(?:\.\d+)?)")
+_REF_RANGE_TEXT = re.compile(
+    r"^\D{0,24}?(<=|<|≤|＜)\s*(\d+(?:\.\d+)?)"  # "<11", "≤20 U/mL", "阴性 <11", "Negative: <20"
+    r"|^\s*0(?:\.0+)?\s*[-–~～]\s*(\d+(?:\.\d+)?)"  # "0-10", "0~10"
+    r"|(?i:cut-?\s*off|临界值|界值)\D{0,6}?(\d+(?:\.\d+)?)"  # "cut-off 20", "临界值 20"
+)
 _MAX_BUNDLE_DEPTH = 4
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -75,11 +88,25 @@ BASIS_COMPUTED = "computed"
 BASIS_CONDITION = "condition"
 BASIS_OBSERVATION = "observation"
 BASIS_CONFLICT = "condition-despite-later-observation"
-BASIS_NO_RECORD = "no-record"
+BASIS_HISTORY = "condition-history"
+BASIS_RESOLVED = "condition-resolved"
+BASIS_REFUTED = "condition-refuted"
+BASIS_SUSPECTED = "suspected"
+BASIS_NOT_RECORDED = "not-recorded"
 BASIS_EQUIVOCAL = "equivocal"
+BASIS_CONFLICTING = "conflicting"
+BASIS_PENDING = "pending"
+BASIS_IMPLAUSIBLE = "implausible"
+BASIS_UNPAIRED = "unpaired"
 BASIS_STALE = "outside-lookback"
 BASIS_NO_DATA = "no-data"
 BASIS_UNREADABLE = "unreadable"
+
+# How a Condition item reads (``_Item.status``).
+_ACTIVE = "active"
+_SUSPECTED = "suspected"
+_INACTIVE = "inactive"
+_REFUTED = "refuted"
 
 
 @dataclass(slots=True)
@@ -96,6 +123,9 @@ class _Item:
     concept: str
     as_value: bool = False
     """The concept matched the value (a finding coded as ``valueCodeableConcept``), not the code."""
+    status: str = _ACTIVE
+    """Conditions: active, suspected, inactive (resolved / remission / abated) or refuted."""
+    specimen: str | None = None
 
 
 @dataclass(slots=True)
@@ -120,6 +150,7 @@ class _Option:
     when: datetime | None
     when_raw: str | None
     read: Callable[[], _Reading | None]
+    items: tuple[_Item, ...] = ()
 
 
 @dataclass
@@ -136,6 +167,9 @@ class _Run:
     validator: ResourceValidator
     aliases: set[str] = field(default_factory=set)
     items: dict[str, list[_Item]] = field(default_factory=dict)
+    pending: dict[str, list[_Item]] = field(default_factory=dict)
+    """Preliminary / registered results per concept: never counted, but the card says they are pending."""
+    patient_found: bool = False
     reasons: dict[int, str] = field(default_factory=dict)
     used: set[int] = field(default_factory=set)
     candidates: dict[int, Json] = field(default_factory=dict)
@@ -188,6 +222,7 @@ class _Run:
             elif rtype == "Patient":
                 if rid == self.patient_id:
                     if self.valid(resource):
+                        self.patient_found = True
                         self.birth_date_raw = resource.get("birthDate")
                         self.used.add(id(resource))
                 else:
@@ -211,33 +246,50 @@ class _Run:
             return f"{resource['resourceType']}/{rid}"
         return full_url or f"{resource['resourceType']}/(no id)"
 
-    def _concepts_of(self, codeable: object) -> frozenset[str]:
-        hit = self.terminology.concepts_for_codeable(codeable) & self.wanted
-        if hit or not self.pattern_concepts or not isinstance(codeable, dict):
-            return hit
+    def _text_concepts(self, codeable: object) -> frozenset[str]:
+        """Concepts whose text pattern matches ``code.text`` or a ``coding.display``."""
+        if not self.pattern_concepts or not isinstance(codeable, dict):
+            return frozenset()
         found: frozenset[str] = frozenset()
-        text = codeable.get("text")
-        if isinstance(text, str):
-            found = self.terminology.concepts_for_text(text)
-        codings = codeable.get("coding")
-        if isinstance(codings, list):
-            for coding in codings:
-                display = coding.get("display") if isinstance(coding, dict) else None
-                if isinstance(display, str):
-                    found = found | self.terminology.concepts_for_text(display)
+        for text in codeable_texts(codeable):
+            found = found | self.terminology.concepts_for_text(text)
         return found & self.wanted if found else found
+
+    def _concepts_of(self, codeable: object) -> tuple[frozenset[str], bool]:
+        """The wanted concepts of a code, and whether they were found by name (text pattern) only."""
+        hit = self.terminology.concepts_for_codeable(codeable) & self.wanted
+        if hit:
+            return hit, False
+        by_text = self._text_concepts(codeable)
+        return by_text, bool(by_text)
+
+    def _names_a_panel(self, codeable: object) -> bool:
+        return any(self.terminology.text_matches(self.answers.panel, t) for t in codeable_texts(codeable))
 
     def _observation(self, resource: Json, full_url: str | None) -> None:
         reason = self._subject_reason(resource)
         if reason is not None:
             self.skip(resource, reason)
             return
-        matches: list[tuple[Json, str, bool]] = [(resource, c, False) for c in self._concepts_of(resource.get("code"))]
+        code = resource.get("code")
+        own, by_text = self._concepts_of(code)
+        matches: list[tuple[Json, str, bool]] = []
         components = resource.get("component")
+        component_concepts: set[str] = set()
         if isinstance(components, list):
             for component in components:
                 if isinstance(component, dict):
-                    matches.extend((component, c, False) for c in self._concepts_of(component.get("code")))
+                    hit, _ = self._concepts_of(component.get("code"))
+                    component_concepts |= hit
+                    matches.extend((component, c, False) for c in hit)
+        if own:
+            # A panel's own value or interpretation is not specific to one antibody: only its component is.
+            panel = by_text and ("hasMember" in resource or bool(components) or self._names_a_panel(code))
+            specific = frozenset() if panel else own - component_concepts
+            matches[:0] = [(resource, c, False) for c in specific]
+            if not matches and panel:
+                self.skip(resource, "panel-level-result")
+                return
         value_cc = resource.get("valueCodeableConcept")
         if value_cc is not None and self.finding_concepts:
             hit = self.terminology.concepts_for_codeable(value_cc) & self.finding_concepts
@@ -248,16 +300,58 @@ class _Run:
         status = resource.get("status")
         if status not in self.rules.data.observation_statuses:
             self.skip(resource, f"observation-status-{status if isinstance(status, str) else 'missing'}")
+            if status in self.rules.data.observation_pending_statuses:
+                when, raw = observation_effective(resource)
+                reference = self._reference(resource, full_url)
+                for part, concept, as_value in matches:
+                    self.pending.setdefault(concept, []).append(
+                        _Item(resource, part, reference, "Observation", when, raw, concept, as_value)
+                    )
             return
         when, raw = observation_effective(resource)
         if not self._admit_date(resource, when, raw):
             return
         reference = self._reference(resource, full_url)
+        specimen = resource.get("specimen")
+        specimen_ref = specimen.get("reference") if isinstance(specimen, dict) else None
         self.candidates[id(resource)] = resource
         for part, concept, as_value in matches:
             self.items.setdefault(concept, []).append(
-                _Item(resource, part, reference, "Observation", when, raw, concept, as_value)
+                _Item(
+                    resource,
+                    part,
+                    reference,
+                    "Observation",
+                    when,
+                    raw,
+                    concept,
+                    as_value,
+                    specimen=specimen_ref if isinstance(specimen_ref, str) else None,
+                )
             )
+
+    def _condition_status(self, resource: Json) -> str | None:
+        """How a problem list entry reads: active, suspected, inactive or refuted; ``None`` (skipped, with the
+        reason) for entered-in-error, no clinical status, or a status no rule knows."""
+        data = self.rules.data
+        verification = _first_code(resource.get("verificationStatus"))
+        if verification in data.condition_excluded_verification:
+            self.skip(resource, f"condition-{verification}")
+            return None
+        if verification in data.condition_refuted_verification:
+            return _REFUTED
+        clinical = _first_code(resource.get("clinicalStatus"))
+        if any(k.startswith("abatement") for k in resource) or clinical in data.condition_inactive_statuses:
+            return _INACTIVE
+        if verification in data.condition_suspected_verification:
+            return _SUSPECTED
+        if clinical is None:
+            self.skip(resource, "condition-no-clinical-status")
+            return None
+        if clinical in data.condition_clinical_statuses:
+            return _ACTIVE
+        self.skip(resource, f"condition-{clinical}")
+        return None
 
     def _condition(self, resource: Json, full_url: str | None) -> None:
         reason = self._subject_reason(resource)
@@ -268,17 +362,8 @@ class _Run:
         if not concepts:
             self.skip(resource, "unrelated")
             return
-        verification = _first_code(resource.get("verificationStatus"))
-        if verification in self.rules.data.condition_excluded_verification:
-            self.skip(resource, f"condition-{verification}")
-            return
-        clinical = _first_code(resource.get("clinicalStatus"))
-        if clinical is None:
-            if any(k.startswith("abatement") for k in resource):
-                self.skip(resource, "condition-abated")
-                return
-        elif clinical not in self.rules.data.condition_clinical_statuses:
-            self.skip(resource, f"condition-{clinical}")
+        status = self._condition_status(resource)
+        if status is None:
             return
         when, raw = condition_effective(resource)
         if not self._admit_date(resource, when, raw):
@@ -287,7 +372,7 @@ class _Run:
         self.candidates[id(resource)] = resource
         for concept in concepts:
             self.items.setdefault(concept, []).append(
-                _Item(resource, resource, reference, "Condition", when, raw, concept)
+                _Item(resource, resource, reference, "Condition", when, raw, concept, status=status)
             )
 
     def _admit_date(self, resource: Json, when: datetime | None, raw: str | None) -> bool:
@@ -333,29 +418,46 @@ class _Run:
         unit: str | None,
         stale: _Item | None,
         lookback_days: int | None,
+        concepts: Sequence[str] = (),
+        on_conflict: str = "present",
+        unpaired: tuple[timedelta, _Item, _Item] | None = None,
     ) -> PredictorFinding:
-        """Newest decisive option wins; at equal times, meeting the predictor wins, then severity."""
+        """Newest decisive option wins; at equal times, meeting the predictor wins, then severity (or, with
+        ``on_conflict = "unknown"``, results of the same date that disagree are conflicting). With no decisive
+        option the finding is unknown, and says why."""
         options.sort(key=lambda o: o.when or _EPOCH, reverse=True)
+        by_date = on_conflict == "unknown"
         equivocal: list[_Reading] = []
-        unreadable = False
-        for _, group in groupby(options, key=lambda o: o.when):
+        unreadable: list[_Option] = []
+        for _, group in groupby(options, key=lambda o: (o.when.date() if o.when else None) if by_date else o.when):
             decisive: list[_Reading] = []
+            implausible: list[_Reading] = []
             for option in group:
                 reading = option.read()
                 if reading is None:
-                    unreadable = True
-                    continue
-                if reading.decisive is None:
+                    unreadable.append(option)
+                elif reading.basis == BASIS_IMPLAUSIBLE:
+                    implausible.append(reading)
+                    self._use(reading)
+                elif reading.decisive is None:
                     equivocal.append(reading)
                     self._use(reading)
                 else:
                     decisive.append(reading)
             if decisive:
                 met = [r for r in decisive if r.decisive]
-                pool = met or decisive
-                chosen = max(pool, key=lambda r: r.severity)
                 for reading in decisive:
                     self._use(reading)
+                if by_date and met and len(met) < len(decisive):
+                    return PredictorFinding(
+                        id=predictor_id,
+                        state=State.UNKNOWN,
+                        effective=_latest_raw([i for r in decisive for i in r.items]),
+                        sources=tuple(s for r in decisive for s in r.sources),
+                        basis=BASIS_CONFLICTING,
+                    )
+                pool = met or decisive
+                chosen = max(pool, key=lambda r: r.severity)
                 return PredictorFinding(
                     id=predictor_id,
                     state=State.PRESENT if chosen.decisive else State.ABSENT,
@@ -365,6 +467,27 @@ class _Run:
                     sources=chosen.sources,
                     basis=chosen.basis,
                 )
+            if implausible:
+                flagged = implausible[0]
+                return PredictorFinding(
+                    id=predictor_id,
+                    state=State.UNKNOWN,
+                    value=flagged.value,
+                    unit=flagged.unit,
+                    effective=_latest_raw(flagged.items),
+                    sources=flagged.sources,
+                    basis=BASIS_IMPLAUSIBLE,
+                )
+        pending = self.pending_items(concepts, lookback_days)
+        if pending and (not equivocal or _newer(pending[0], equivocal[0].items)):
+            return PredictorFinding(
+                id=predictor_id,
+                state=State.UNKNOWN,
+                effective=pending[0].when_raw,
+                sources=tuple(self.source(i, None, None) for i in pending[:3]),
+                basis=BASIS_PENDING,
+                basis_detail={"status": str(pending[0].resource.get("status"))},
+            )
         if equivocal:
             newest = equivocal[0]
             return PredictorFinding(
@@ -376,6 +499,29 @@ class _Run:
                 sources=tuple(s for r in equivocal for s in r.sources),
                 basis=BASIS_EQUIVOCAL,
             )
+        if unpaired is not None:
+            gap, first, second = unpaired
+            return PredictorFinding(
+                id=predictor_id,
+                state=State.UNKNOWN,
+                effective=_later_raw(first, second),
+                sources=(self.source(first, None, None), self.source(second, None, None)),
+                basis=BASIS_UNPAIRED,
+                basis_detail={"gap_minutes": str(int(gap.total_seconds() // 60))},
+            )
+        if unreadable:
+            option = unreadable[0]
+            items = option.items
+            written = next((t for t in (_value_text(i.part) or _raw_value(i.part) for i in items) if t), "")
+            return PredictorFinding(
+                id=predictor_id,
+                state=State.UNKNOWN,
+                unit=unit,
+                effective=option.when_raw,
+                sources=tuple(self.source(i, None, None) for i in items),
+                basis=BASIS_UNREADABLE,
+                basis_detail={"value": written[:80]},
+            )
         if stale is not None:
             return PredictorFinding(
                 id=predictor_id,
@@ -385,12 +531,19 @@ class _Run:
                 basis=BASIS_STALE,
                 basis_detail={"lookback_days": str(lookback_days)},
             )
-        return PredictorFinding(
-            id=predictor_id,
-            state=State.UNKNOWN,
-            unit=unit,
-            basis=BASIS_UNREADABLE if unreadable else BASIS_NO_DATA,
-        )
+        return PredictorFinding(id=predictor_id, state=State.UNKNOWN, unit=unit, basis=BASIS_NO_DATA)
+
+    def pending_items(self, concepts: Sequence[str], lookback_days: int | None) -> list[_Item]:
+        """Preliminary / registered results of ``concepts`` inside the look-back window, newest first."""
+        since = self.at - timedelta(days=lookback_days) if lookback_days is not None else None
+        found = [
+            item
+            for concept in concepts
+            for item in self.pending.get(concept, ())
+            if since is None or (item.when is not None and item.when >= since)
+        ]
+        found.sort(key=_newest_first)
+        return found
 
     def _use(self, reading: _Reading) -> None:
         for item in reading.items:
@@ -407,7 +560,9 @@ class _Run:
         code = part.get("code") if not item.as_value else part.get("valueCodeableConcept")
         texts = codeable_texts(code)
         unit = None
-        quantity = part.get("valueQuantity")
+        quantity = part.get("valueQuantity") if not item.as_value else None
+        if quantity is None and isinstance(part.get("valueString"), str):
+            quantity = _quantity_of(part)
         if isinstance(quantity, dict):
             recorded_unit = quantity.get("unit") if isinstance(quantity.get("unit"), str) else quantity.get("code")
             unit = recorded_unit if isinstance(recorded_unit, str) else None
@@ -450,7 +605,13 @@ class _Run:
             titer = parse_titer(text)
             if titer is not None:
                 return _titer_verdict(titer[1], titer[0], rule.titer_cutoff)
-            return verdict_of_text(terminology, answers, text)
+            verdict = verdict_of_text(terminology, answers, text)
+            if verdict is not None:
+                return verdict
+            written = parse_number_text(text)  # ">1000", "35 U/mL": against the reported range or cut-off
+            if written is None:
+                return None
+            return _reference_range_verdict(written[1], written[0], part.get("referenceRange"))
         ratio = part.get("valueRatio")
         if isinstance(ratio, dict):
             numerator = as_number((ratio.get("numerator") or {}).get("value"))
@@ -477,8 +638,8 @@ class _Run:
     def read_quantity(self, item: _Item, rule: QuantityRule) -> _Reading | None:
         if not self.valid(item.resource):
             return None
-        quantity = item.part.get("valueQuantity")
-        if not isinstance(quantity, dict):
+        quantity = _quantity_of(item.part)
+        if quantity is None:
             self.skip(item.resource, "unrecognised-value" if _has_value(item.part) else "no-value")
             return None
         normalised = self.normalise(
@@ -491,13 +652,16 @@ class _Run:
             self.skip(item.resource, "unit-not-convertible")
             return None
         comparator = quantity.get("comparator") if isinstance(quantity.get("comparator"), str) else None
+        sources = (self.source(item, _round(normalised), rule.unit),)
+        if not _plausible(rule, normalised):
+            return _Reading(None, _round(normalised), rule.unit, (item,), sources, basis=BASIS_IMPLAUSIBLE)
         decisive = meets(normalised, comparator, rule.operator, rule.threshold)
         return _Reading(
             decisive,
             _round(normalised),
             rule.unit,
             (item,),
-            (self.source(item, _round(normalised), rule.unit),),
+            sources,
             severity=normalised if rule.operator in (">", ">=") else -normalised,
         )
 
@@ -573,26 +737,38 @@ class _Run:
 
 def _antibody(run: _Run, pid: str, rule: AntibodyRule) -> PredictorFinding:
     items, stale = run.window(rule.concepts(), rule.lookback_days)
-    options = [_Option(i.when, i.when_raw, _bind(run.read_antibody, i, rule)) for i in items]
-    return run.decide(pid, options, unit=None, stale=stale, lookback_days=rule.lookback_days)
+    options = [_Option(i.when, i.when_raw, _bind(run.read_antibody, i, rule), (i,)) for i in items]
+    return run.decide(
+        pid,
+        options,
+        unit=None,
+        stale=stale,
+        lookback_days=rule.lookback_days,
+        concepts=rule.concepts(),
+        on_conflict=rule.on_conflict,
+    )
 
 
 def _quantity(run: _Run, pid: str, rule: QuantityRule) -> PredictorFinding:
     items, stale = run.window(rule.concepts(), rule.lookback_days)
-    options = [_Option(i.when, i.when_raw, _bind(run.read_quantity, i, rule)) for i in items]
-    return run.decide(pid, options, unit=rule.unit, stale=stale, lookback_days=rule.lookback_days)
+    options = [_Option(i.when, i.when_raw, _bind(run.read_quantity, i, rule), (i,)) for i in items]
+    return run.decide(
+        pid, options, unit=rule.unit, stale=stale, lookback_days=rule.lookback_days, concepts=rule.concepts()
+    )
 
 
 def _grade(run: _Run, pid: str, rule: GradeRule) -> PredictorFinding:
     items, stale = run.window(rule.concepts(), rule.lookback_days)
-    options = [_Option(i.when, i.when_raw, _bind(run.read_grade, i, rule)) for i in items]
-    return run.decide(pid, options, unit=None, stale=stale, lookback_days=rule.lookback_days)
+    options = [_Option(i.when, i.when_raw, _bind(run.read_grade, i, rule), (i,)) for i in items]
+    return run.decide(pid, options, unit=None, stale=stale, lookback_days=rule.lookback_days, concepts=rule.concepts())
 
 
 def _measured(
     rule: RatioRule | BmiRule, value: float, items: tuple[_Item, ...], sources: tuple[Source, ...], basis: str
 ) -> _Reading:
-    """A reading of a measured (or computed) value against the rule's threshold."""
+    """A reading of a measured (or computed) value against the rule's threshold (implausible: flagged)."""
+    if not _plausible(rule, value):
+        return _Reading(None, _round(value), rule.unit, items, sources, basis=BASIS_IMPLAUSIBLE)
     decisive = meets(value, None, rule.operator, rule.threshold)
     return _Reading(decisive, _round(value), rule.unit, items, sources, basis=basis, severity=_severity(rule, value))
 
@@ -624,11 +800,24 @@ def _direct_or_paired(
 
         return read
 
-    options = [_Option(i.when, i.when_raw, direct(i)) for i in items if i.concept in rule.valuesets]
+    options = [_Option(i.when, i.when_raw, direct(i), (i,)) for i in items if i.concept in rule.valuesets]
+    unpaired: tuple[timedelta, _Item, _Item] | None = None
     for tops, bottoms, gap in pairs:
+        paired = False
         for top, bottom in _pairs(tops, bottoms, gap):
-            options.append(_Option(_later(top, bottom), _later_raw(top, bottom), computed(top, bottom)))
-    return run.decide(pid, options, unit=rule.unit, stale=stale, lookback_days=rule.lookback_days)
+            paired = True
+            options.append(_Option(_later(top, bottom), _later_raw(top, bottom), computed(top, bottom), (top, bottom)))
+        if not paired and unpaired is None:
+            unpaired = _closest(tops, bottoms)
+    return run.decide(
+        pid,
+        options,
+        unit=rule.unit,
+        stale=stale,
+        lookback_days=rule.lookback_days,
+        concepts=rule.concepts(),
+        unpaired=unpaired,
+    )
 
 
 def _ratio(run: _Run, pid: str, rule: RatioRule) -> PredictorFinding:
@@ -682,47 +871,124 @@ def _bmi(run: _Run, pid: str, rule: BmiRule) -> PredictorFinding:
 
 
 def _finding(run: _Run, pid: str, rule: FindingRule) -> PredictorFinding:
+    """A clinical finding as a clinician reads the chart: present (active confirmed Condition, or a positive finding
+    Observation), suspected, recorded absent, or not recorded (unknown)."""
     conditions: list[_Item] = []
     for concept in rule.valuesets:
         conditions.extend(i for i in run.items.get(concept, ()) if i.rtype == "Condition")
     conditions = [c for c in sorted(conditions, key=_newest_first) if run.valid(c.resource)]
-    observation_finding: PredictorFinding | None = None
+    history = [c for c in conditions if rule.history_counts and c.status == _INACTIVE]
+    active = [c for c in conditions if c.status == _ACTIVE] or history
+    suspected = [c for c in conditions if c.status == _SUSPECTED]
+    absent = [c for c in conditions if c.status == _REFUTED or (c.status == _INACTIVE and not rule.history_counts)]
+    observed: PredictorFinding | None = None
     if rule.observations:
-        observations, _ = run.window(rule.valuesets, rule.lookback_days)
-        options = [_Option(i.when, i.when_raw, _bind(_read_finding_observation, run, i)) for i in observations]
-        observation_finding = run.decide(pid, options, unit=None, stale=None, lookback_days=rule.lookback_days)
-    if conditions:
-        for item in conditions:
-            run.used.add(id(item.resource))
-        sources = tuple(run.source(c, None, None, "active") for c in conditions)
-        basis = BASIS_CONDITION
-        if observation_finding is not None and observation_finding.state is State.PRESENT:
-            sources = sources + observation_finding.sources
-        elif observation_finding is not None and observation_finding.state is State.ABSENT:
-            newest_condition = conditions[0].when
-            newest_obs = _max_when(observation_finding)
+        observations, stale = run.window(rule.valuesets, rule.lookback_days)
+        options = [_Option(i.when, i.when_raw, _bind(_read_finding_observation, run, i), (i,)) for i in observations]
+        observed = run.decide(
+            pid, options, unit=None, stale=stale, lookback_days=rule.lookback_days, concepts=rule.valuesets
+        )
+    for item in conditions:
+        run.used.add(id(item.resource))
+    if active:
+        sources = tuple(run.source(c, None, None, c.status) for c in active)
+        basis = BASIS_CONDITION if active[0].status == _ACTIVE else BASIS_HISTORY
+        if observed is not None and observed.state is State.PRESENT:
+            sources = sources + observed.sources
+        elif observed is not None and observed.state is State.ABSENT:
+            newest_condition = active[0].when
+            newest_obs = _max_when(observed)
             if newest_condition is None or (newest_obs is not None and newest_obs > newest_condition):
                 basis = BASIS_CONFLICT
-                sources = sources + observation_finding.sources
+                sources = sources + observed.sources
         return PredictorFinding(
             id=pid,
             state=State.PRESENT,
             value=True,
-            effective=conditions[0].when_raw,
+            effective=active[0].when_raw,
             sources=sources,
             basis=basis,
+            basis_detail=_onset_detail(active[0].resource),
         )
-    if observation_finding is not None and observation_finding.state is not State.UNKNOWN:
+    if observed is not None and observed.state is State.PRESENT:
         return PredictorFinding(
             id=pid,
-            state=observation_finding.state,
-            value=observation_finding.state is State.PRESENT,
-            effective=observation_finding.effective,
-            sources=observation_finding.sources,
+            state=State.PRESENT,
+            value=True,
+            effective=observed.effective,
+            sources=observed.sources,
             basis=BASIS_OBSERVATION,
         )
-    sources = observation_finding.sources if observation_finding is not None else ()
-    return PredictorFinding(id=pid, state=State.ABSENT, value=False, sources=sources, basis=BASIS_NO_RECORD)
+    recorded_absent: list[tuple[datetime | None, PredictorFinding]] = []
+    if observed is not None and observed.state is State.ABSENT:
+        recorded_absent.append(
+            (
+                _max_when(observed),
+                PredictorFinding(
+                    id=pid,
+                    state=State.ABSENT,
+                    value=False,
+                    effective=observed.effective,
+                    sources=observed.sources,
+                    basis=BASIS_OBSERVATION,
+                ),
+            )
+        )
+    if absent:
+        newest = absent[0]
+        recorded_absent.append(
+            (
+                newest.when,
+                PredictorFinding(
+                    id=pid,
+                    state=State.ABSENT,
+                    value=False,
+                    effective=newest.when_raw,
+                    sources=tuple(run.source(c, None, None, c.status) for c in absent),
+                    basis=BASIS_REFUTED if newest.status == _REFUTED else BASIS_RESOLVED,
+                ),
+            )
+        )
+    recorded_absent.sort(key=lambda pair: pair[0] or _EPOCH, reverse=True)
+    if suspected and not (recorded_absent and _newer_than(recorded_absent[0][0], suspected[0].when)):
+        return PredictorFinding(
+            id=pid,
+            state=State.UNKNOWN,
+            effective=suspected[0].when_raw,
+            sources=tuple(run.source(c, None, None, c.status) for c in suspected),
+            basis=BASIS_SUSPECTED,
+        )
+    if recorded_absent:
+        return recorded_absent[0][1]
+    if observed is not None and observed.basis != BASIS_NO_DATA:
+        return observed  # a finding Observation that is pending, equivocal, unreadable or too old: says why
+    return PredictorFinding(id=pid, state=State.UNKNOWN, basis=BASIS_NOT_RECORDED)
+
+
+def _newer_than(first: datetime | None, second: datetime | None) -> bool:
+    return first is not None and (second is None or first > second)
+
+
+def _onset_detail(condition: Json) -> dict[str, str]:
+    """When a diagnosis Condition says the disease began: ``onset`` (date as recorded), ``onset_age_years``
+    (from ``onsetAge``), or only ``recorded`` (the recorded date)."""
+    detail: dict[str, str] = {}
+    raw = condition.get("onsetDateTime")
+    if raw is None and isinstance(condition.get("onsetPeriod"), dict):
+        raw = condition["onsetPeriod"].get("start")
+    if isinstance(raw, str) and parse_fhir_datetime(raw) is not None:
+        detail["onset"] = raw
+    age = condition.get("onsetAge")
+    if isinstance(age, dict):
+        years = as_number(age.get("value"))
+        unit = age.get("code") or age.get("unit")
+        factor = {"a": 1.0, "mo": 1 / 12, "wk": 1 / 52.1775, "d": 1 / 365.25}.get(str(unit))
+        if years is not None and factor is not None and 0 <= years * factor < 150:
+            detail["onset_age_years"] = f"{years * factor:.2f}"
+    recorded = condition.get("recordedDate")
+    if not detail and isinstance(recorded, str) and parse_fhir_datetime(recorded) is not None:
+        detail["recorded"] = recorded
+    return detail
 
 
 def _read_finding_observation(run: _Run, item: _Item) -> _Reading | None:
@@ -841,6 +1107,7 @@ class Chart:
             resources_used=len(run.used),
             skipped=dict(sorted(skipped.items())),
             malformed=run.malformed,
+            patient_found=run.patient_found,
         )
 
 
@@ -985,11 +1252,20 @@ def _number_in_text(text: str) -> float | None:
 
 
 def _pairs(tops: list[_Item], bottoms: list[_Item], gap: timedelta) -> Iterator[tuple[_Item, _Item]]:
-    """For each dated ``top`` item, the ``bottom`` item closest in time within ``gap`` (not the same part).
-    The bottoms are sorted once and searched by bisection: O((tops + bottoms) log bottoms)."""
+    """For each ``top`` item, the ``bottom`` item of the same specimen, else the one closest in time within
+    ``gap`` (never the same part). The bottoms are sorted once and searched by bisection:
+    O((tops + bottoms) log bottoms)."""
+    by_specimen: dict[str, _Item] = {}
+    for bottom in bottoms:
+        if bottom.specimen is not None:
+            by_specimen.setdefault(bottom.specimen, bottom)
     dated = sorted((b for b in bottoms if b.when is not None), key=lambda b: b.when or _EPOCH)
     times = [b.when or _EPOCH for b in dated]
     for top in tops:
+        same = by_specimen.get(top.specimen) if top.specimen is not None else None
+        if same is not None and same.part is not top.part:
+            yield top, same
+            continue
         if top.when is None:
             continue
         index = bisect.bisect_left(times, top.when)
@@ -1004,6 +1280,59 @@ def _pairs(tops: list[_Item], bottoms: list[_Item], gap: timedelta) -> Iterator[
                 best, best_gap = bottom, distance
         if best is not None:
             yield top, best
+
+
+def _closest(tops: list[_Item], bottoms: list[_Item]) -> tuple[timedelta, _Item, _Item] | None:
+    """The pair of a top and a bottom closest in time (when none paired: the card says how far apart)."""
+    best: tuple[timedelta, _Item, _Item] | None = None
+    dated = sorted((b for b in bottoms if b.when is not None), key=lambda b: b.when or _EPOCH)
+    times = [b.when or _EPOCH for b in dated]
+    for top in tops:
+        if top.when is None:
+            continue
+        index = bisect.bisect_left(times, top.when)
+        for candidate in range(max(0, index - 1), min(len(dated), index + 1)):
+            distance = abs(times[candidate] - top.when)
+            if best is None or distance < best[0]:
+                best = (distance, top, dated[candidate])
+    return best
+
+
+def _plausible(rule: QuantityRule | RatioRule | BmiRule, value: float) -> bool:
+    low, high = rule.plausible_min, rule.plausible_max
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def _quantity_of(part: Json) -> Json | None:
+    """``valueQuantity``, or a quantity written as text (``">1000 ng/mL"``) as a Quantity-shaped dict."""
+    quantity = part.get("valueQuantity")
+    if isinstance(quantity, dict):
+        return quantity
+    text = part.get("valueString")
+    if isinstance(text, str):
+        written = parse_number_text(text)
+        if written is not None and written[2] is not None:
+            comparator, number, unit = written
+            shaped: Json = {"value": number, "unit": unit}
+            if comparator is not None:
+                shaped["comparator"] = comparator
+            return shaped
+    return None
+
+
+def _raw_value(part: Json) -> str | None:
+    """Whatever value an element holds, as short text (for "could not be read: '…'")."""
+    for key, value in part.items():
+        if key.startswith("value") and isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def _newer(item: _Item, items: Sequence[_Item]) -> bool:
+    """Is ``item`` dated later than every dated item of ``items``?"""
+    if item.when is None:
+        return False
+    return all(other.when is None or item.when > other.when for other in items)
 
 
 def _later(a: _Item, b: _Item) -> datetime | None:

@@ -53,8 +53,9 @@ class PredictorFinding:
     sources: tuple[Source, ...] = ()
     basis: str = "no-data"
     """Why the state is what it is, as a code (``reported``, ``computed``, ``condition``, ``observation``,
-    ``condition-despite-later-observation``, ``no-record``, ``equivocal``, ``outside-lookback``, ``no-data``,
-    ``unreadable``); cards turn it into words from the knowledge base."""
+    ``condition-despite-later-observation``, ``condition-history``, ``condition-resolved``, ``condition-refuted``,
+    ``suspected``, ``not-recorded``, ``equivocal``, ``conflicting``, ``pending``, ``implausible``, ``unpaired``,
+    ``outside-lookback``, ``no-data``, ``unreadable``); cards turn it into words from the knowledge base."""
     basis_detail: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -80,6 +81,8 @@ class PatientFindings:
     sum(skipped.values()) + malformed``."""
     malformed: int = 0
     """Items that were not FHIR resources at all."""
+    patient_found: bool = True
+    """Whether the chart held the Patient resource itself (without it, age cannot be known)."""
 
     def state(self, predictor_id: str) -> State:
         finding = self.predictors.get(predictor_id)

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Operator = Literal["<", "<=", ">", ">="]
+Conflict = Literal["present", "unknown"]
 
 
 class _Rule(BaseModel):
@@ -31,6 +32,10 @@ class _Threshold(BaseModel):
     threshold: float
     unit: str
     """The UCUM unit the threshold is in; values are converted to it."""
+    plausible_min: float | None = None
+    plausible_max: float | None = None
+    """A value outside ``[plausible_min, plausible_max]`` (in ``unit``, after conversion) is a likely unit or entry
+    error (ferritin 300 "ug/mL" = 300,000 ng/mL): it is flagged on the card and never used."""
 
 
 class MolarConversion(BaseModel):
@@ -50,6 +55,9 @@ class AntibodyRule(_Rule):
     titer_valuesets: tuple[str, ...] = ()
     titer_cutoff: float | None = Field(default=None, gt=0)
     """Dilution at and above which a titer is positive (80 means 1:80 is positive)."""
+    on_conflict: Conflict = "present"
+    """Results of the same date that disagree: ``unknown`` ("conflicting results", the serologist's reading) or
+    ``present``."""
 
     def concepts(self) -> tuple[str, ...]:
         return self.valuesets + self.titer_valuesets
@@ -76,7 +84,9 @@ class RatioRule(_Rule, _Threshold):
     kind: Literal["ratio"]
     pairs: tuple[tuple[str, str], ...] = ()
     """``(numerator value set, denominator value set)`` pairs."""
-    pair_max_gap_minutes: int = Field(default=60, ge=0)
+    pair_max_gap_minutes: int = Field(default=1440, ge=0)
+    """Numerator and denominator from the same specimen always pair; otherwise within this many minutes (the
+    same draw)."""
 
     def concepts(self) -> tuple[str, ...]:
         return self.valuesets + tuple(c for pair in self.pairs for c in pair)
@@ -107,11 +117,17 @@ class GradeRule(_Rule):
 
 
 class FindingRule(_Rule):
-    """A clinical finding: an active Condition, or a finding Observation (boolean, coded present/absent, or the
-    finding's code as the value). With no such data the finding is absent, never unknown."""
+    """A clinical finding, read as a clinician reads a problem list: an active confirmed Condition or a positive
+    finding Observation is present; a refuted, resolved, inactive or abated Condition or a negative finding
+    Observation is absent; an unconfirmed Condition is suspected (unknown); no record either way is unknown
+    ("not recorded"), never absent. ``lookback_days`` applies to finding Observations: a Condition's clinical
+    status is its current state."""
 
     kind: Literal["finding"]
     observations: bool = True
+    history_counts: bool = False
+    """A confirmed Condition that is inactive, in remission or resolved still counts as present (a recorded
+    diagnosis, such as juvenile dermatomyositis in remission)."""
 
 
 PredictorRule = Annotated[
@@ -126,8 +142,17 @@ class DataRules(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     observation_statuses: frozenset[str] = frozenset({"final", "amended", "corrected"})
+    observation_pending_statuses: frozenset[str] = frozenset({"preliminary", "registered"})
+    """Never counted; the card says the result is pending instead of "no result"."""
     condition_clinical_statuses: frozenset[str] = frozenset({"active", "recurrence", "relapse"})
-    condition_excluded_verification: frozenset[str] = frozenset({"refuted", "entered-in-error"})
+    condition_inactive_statuses: frozenset[str] = frozenset({"inactive", "remission", "resolved"})
+    """Recorded absent (so is a Condition with an abatement)."""
+    condition_excluded_verification: frozenset[str] = frozenset({"entered-in-error"})
+    """No record at all. (So is a Condition with no clinical status.)"""
+    condition_refuted_verification: frozenset[str] = frozenset({"refuted"})
+    """Recorded absent."""
+    condition_suspected_verification: frozenset[str] = frozenset({"unconfirmed", "provisional", "differential"})
+    """Not present: shown as suspected (unknown)."""
     future_tolerance_hours: float = Field(default=24.0, ge=0)
     """Data dated later than the evaluation time by more than this is ignored (clock skew allowance)."""
     unit_aliases: dict[str, str] = Field(default_factory=dict)

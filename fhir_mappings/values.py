@@ -31,6 +31,8 @@ class AnswerSets:
     interpretation_positive: str = "interpretation-positive"
     interpretation_negative: str = "interpretation-negative"
     interpretation_indeterminate: str = "interpretation-indeterminate"
+    panel: str = "antibody-panel"
+    """Names that mark a multi-antibody panel (its panel-level value never decides one antibody)."""
 
 
 def verdict_of_text(terminology: Terminology, sets: AnswerSets, text: str) -> Verdict | None:
@@ -92,38 +94,86 @@ def as_number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-_TITER = re.compile(r"^\s*(<=|>=|<|>|≤|≥)?\s*1\s*[:/]\s*(\d+(?:\.\d+)?)\s*$")
-_COMPARATORS = {"≤": "<=", "≥": ">="}
+_TITER = re.compile(r"(?<![\d.])(<=|>=|<|>|≤|≥)?\s*1\s*[:/：]\s*(\d+(?:\.\d+)?)(?![\d.])")
+_COMPARATORS = {"≤": "<=", "≥": ">=", "＜": "<", "＞": ">"}
+_DIGIT = re.compile(r"\d")
 
 
 def parse_titer(text: str) -> tuple[str | None, float] | None:
-    """``"1:160"`` → ``(None, 160.0)``; ``"<1:40"`` → ``("<", 40.0)``; anything else → ``None``."""
-    m = _TITER.match(text)
-    if m is None:
+    """A titer, alone or with the pattern the laboratory writes beside it: ``"1:160"`` → ``(None, 160.0)``;
+    ``"<1:40"`` → ``("<", 40.0)``; ``"1:100 speckled"``, ``"颗粒型 1：320"`` → the titer. Text holding any other
+    number (two titers, a date) is not a titer: ``None``."""
+    if len(text) > _MAX_VALUE_TEXT:
+        return None
+    m = _TITER.search(text)
+    if m is None or _DIGIT.search(text[: m.start()] + text[m.end() :]):
         return None
     comparator = m.group(1)
     return (_COMPARATORS.get(comparator, comparator) if comparator else None), float(m.group(2))
 
 
-_GRADE = re.compile(r"^\s*(?:(?:MRC|grade)\s*)?([0-5])\s*([+-])?\s*(?:/\s*5)?\s*$", re.IGNORECASE)
+_MAX_VALUE_TEXT = 200
+"""Longer value strings are notes, not results: never parsed as numbers, titers or grades."""
+_NUMBER_TEXT = re.compile(
+    r"^\s*(<=|>=|<|>|≤|≥|＜|＞)?\s*(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?\s*([A-Za-zµμ%/\[\]{}0-9*^.]*)\s*$"
+)
+
+
+def parse_number_text(text: str) -> tuple[str | None, float, str | None] | None:
+    """A number as laboratories write it in text: ``">1000"`` → ``(">", 1000.0, None)``;
+    ``"1,100 pmol/L"`` → ``(None, 1100.0, "pmol/L")``; anything else → ``None``."""
+    if len(text) > _MAX_VALUE_TEXT:
+        return None
+    m = _NUMBER_TEXT.match(text)
+    if m is None:
+        return None
+    number = float(m.group(2).replace(",", "") + (m.group(3) or ""))
+    if not math.isfinite(number):
+        return None
+    comparator = m.group(1)
+    unit = m.group(4) or None
+    return (_COMPARATORS.get(comparator, comparator) if comparator else None), number, unit
+
+
+_GRADE = re.compile(
+    r"^\s*(?:(?:MRC|MMT|grade|肌力)\s*[:：]?\s*)?"
+    r"([0-5]|[IV]{1,3}|[ⅠⅡⅢⅣⅤ]|[零一二三四五])\s*([+-])?\s*(?:/\s*5)?\s*(?:级|度)?\s*([+-])?\s*$",
+    re.IGNORECASE,
+)
+_ROMAN = {"0": 0, "I": 1, "II": 2, "III": 3, "IV": 4, "V": 5}
+_ROMAN_GLYPHS = {"Ⅰ": 1, "Ⅱ": 2, "Ⅲ": 3, "Ⅳ": 4, "Ⅴ": 5}
+_CHINESE_NUMERALS = {"零": 0, "一": 1, "二": 2, "三": 3, "四": 4, "五": 5}
 GRADE_MODIFIER = 1.0 / 3.0
 
 
 def parse_grade(value: object) -> float | None:
     """An MRC muscle grade (0-5) from a number or text: ``3`` → 3.0, ``"3/5"`` → 3.0, ``"3+"`` → 3.33,
-    ``"4-"`` → 3.67. A ``+``/``-`` modifier moves the grade by a third towards the next one."""
+    ``"4-"`` → 3.67; Roman numerals and Chinese grades as written on Chinese wards: ``"III级"``, ``"Ⅳ级"``,
+    ``"3级"``, ``"肌力4-级"``, ``"三级"``. A ``+``/``-`` modifier moves the grade by a third towards the next one."""
     number = as_number(value)
     if number is not None:
         return number if 0.0 <= number <= 5.0 else None
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > _MAX_VALUE_TEXT:
         return None
     m = _GRADE.match(value)
     if m is None:
         return None
-    grade = float(m.group(1))
-    if m.group(2) == "+":
+    token = m.group(1)
+    upper = token.upper()
+    if token.isdigit():
+        grade = float(token)
+    elif upper in _ROMAN:
+        grade = float(_ROMAN[upper])
+    elif token in _ROMAN_GLYPHS:
+        grade = float(_ROMAN_GLYPHS[token])
+    elif token in _CHINESE_NUMERALS:
+        grade = float(_CHINESE_NUMERALS[token])
+    else:
+        return None  # e.g. "VV": letters that are no Roman numeral of 0-5
+    modifier = m.group(2) or m.group(3)
+    if modifier == "+":
         grade += GRADE_MODIFIER
-    elif m.group(2) == "-":
+    elif modifier == "-":
         grade -= GRADE_MODIFIER
     return min(max(grade, 0.0), 5.0)
 

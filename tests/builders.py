@@ -152,6 +152,9 @@ def hook_request(resources: list[Json], *, pid: str = PID, hook_instance: str | 
             "patient": patients[0] if patients else None,
             "observations": searchset(*observations),
             "conditions": searchset(*conditions),
+            # the template that fetches laboratory results by category (anti-NXP2 is named, not coded): the
+            # resources above already hold every result the tests mean to send
+            "laboratory": searchset(),
         },
     }
 

@@ -1,7 +1,9 @@
 """Synthetic patients: each a small chart and what the service must conclude from it.
 
-Every case states all twelve predictor states (defaults: nothing recorded — labs and antibodies unknown,
-findings absent) and the tier of both outcomes. Together they cover every predictor, unit, coding variant,
+Every case states all twelve predictor states (defaults: nothing recorded — everything unknown: a finding nobody
+recorded either way is "not recorded", never absent) and the tier of both outcomes. Unless a case says
+``jdm=False``, its chart also records the child's juvenile dermatomyositis (a confirmed, active M33.00 Condition),
+since the risk cards need a recorded myositis diagnosis. Together they cover every predictor, unit, coding variant,
 status rule, look-back edge and eligibility branch of ``fhir_mappings`` and ``risk``.
 """
 
@@ -32,13 +34,13 @@ Json = dict[str, Any]
 
 NOTHING_RECORDED: dict[str, str] = {
     "anti_nxp2_positive": "unknown",
-    "jdm_diagnosis": "absent",
+    "jdm_diagnosis": "unknown",
     "bmi_lt_15": "unknown",
     "muscle_strength_le_3": "unknown",
-    "edema": "absent",
-    "skin_ulcer": "absent",
-    "bulbar_weakness": "absent",
-    "ild": "absent",
+    "edema": "unknown",
+    "skin_ulcer": "unknown",
+    "bulbar_weakness": "unknown",
+    "ild": "unknown",
     "ana_positive": "unknown",
     "ro52_positive": "unknown",
     "cd4_cd8_lt_1_4": "unknown",
@@ -48,11 +50,14 @@ MUSCLE_CODE = "MMT-PROX"
 MUSCLE_LOCAL = {"muscle_strength_le_3": [f"{LOCAL}|{MUSCLE_CODE}"]}
 
 
+JDM_CODES = frozenset({"M33.00", "M33.01", "M33.02", "M33.03", "M33.09", "M3300", "M33.0", "1212005"})
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
     what: str
-    resources: list[Json]
+    chart: list[Json]
     states: dict[str, str]
     refractory: str | None
     gi: str | None
@@ -62,14 +67,33 @@ class Case:
     at: datetime = AT
     local_codes: dict[str, list[str]] = field(default_factory=dict)
     patient_id: str = PID
+    jdm: bool = True
+    """Add the child's recorded JDM (a confirmed, active Condition) unless the chart already codes one."""
+    notice: str | None = None
+    """The info card expected instead of risk cards (``diagnosis-not-recorded``, ``age-unknown``)."""
+
+    @property
+    def adds_jdm(self) -> bool:
+        return self.jdm and not any(
+            r.get("resourceType") == "Condition"
+            and any(c.get("code") in JDM_CODES for c in (r.get("code") or {}).get("coding", []))
+            for r in self.chart
+        )
+
+    @property
+    def resources(self) -> list[Json]:
+        if not self.adds_jdm:
+            return self.chart
+        return [*self.chart, condition("M33.00", rid="jdm-recorded", onset=days_ago(500, self.at))]
 
     @property
     def expected_states(self) -> dict[str, str]:
-        return {**NOTHING_RECORDED, **self.states}
+        added = {"jdm_diagnosis": "present"} if self.adds_jdm else {}
+        return {**NOTHING_RECORDED, **added, **self.states}
 
     @property
     def expected_card_count(self) -> int:
-        if self.screening:
+        if self.screening or self.notice:
             return 1
         return sum(t is not None for t in (self.refractory, self.gi)) if self.eligible else 0
 
@@ -122,7 +146,7 @@ CASES: list[Case] = [
     ),
     Case(
         "refractory_only",
-        "Refractory predictors (ferritin, CD4/CD8, weak muscles) without any GI predictor: no GI card.",
+        "Refractory predictors (ferritin, CD4/CD8, weak muscles) without any GI predictor present: GI info card only.",
         [
             patient(),
             nxp2_positive(),
@@ -141,7 +165,7 @@ CASES: list[Case] = [
             "ana_positive": "absent",
         },
         refractory="warning",
-        gi=None,
+        gi="info",  # no GI predictor present, but edema, ulcer and dysphagia are not recorded: examine for them
         local_codes=MUSCLE_LOCAL,
         values={"cd4_cd8_lt_1_4": 1.1, "muscle_strength_le_3": 3.0},
     ),
@@ -429,8 +453,8 @@ CASES: list[Case] = [
     ),
     Case(
         "condition_status_rules",
-        "Resolved edema and refuted ulcer do not count; relapsed dysphagia and ILD without clinicalStatus do; "
-        "abated edema without clinicalStatus does not.",
+        "Resolved edema and refuted ulcer are recorded absent; relapsed dysphagia counts; ILD without clinicalStatus "
+        "is no record (unknown); abated edema without clinicalStatus is absent.",
         [
             patient(),
             nxp2_positive(),
@@ -440,7 +464,7 @@ CASES: list[Case] = [
             condition("J84.9", clinical=None),
             condition("267038008", system=SCT, clinical=None, abatementDateTime=days_ago(40)),
         ],
-        {"anti_nxp2_positive": "present", "bulbar_weakness": "present", "ild": "present"},
+        {"anti_nxp2_positive": "present", "bulbar_weakness": "present", "edema": "absent", "skin_ulcer": "absent"},
         refractory="warning",
         gi="warning",
     ),
@@ -534,9 +558,15 @@ CASES: list[Case] = [
             obs("FINDING", system=LOCAL, text="Exam finding", valueCodeableConcept=coded(SCT, "50219008", "Hoarse")),
             obs("233703007", system=SCT),
         ],
-        {"anti_nxp2_positive": "present", "edema": "present", "bulbar_weakness": "present", "ild": "present"},
+        {
+            "anti_nxp2_positive": "present",
+            "edema": "present",
+            "skin_ulcer": "absent",
+            "bulbar_weakness": "present",
+            "ild": "present",
+        },
         refractory="warning",
-        gi="critical",
+        gi="warning",  # edema + dysphagia: dysphagia (two-sided P = 0.091) does not count toward critical
     ),
     Case(
         "muscle_grades_weakest_at_latest_time",
@@ -556,10 +586,13 @@ CASES: list[Case] = [
     ),
     Case(
         "muscle_grade_three_plus_is_not_weak",
-        "MRC '3+' is stronger than 3: absent; with every other predictor normal, no card at all.",
+        "MRC '3+' is stronger than 3: absent; with every other predictor normal or examined absent, no card at all.",
         [
             patient(),
             nxp2_positive(),
+            obs("267038008", system=SCT, valueBoolean=False),
+            obs("46742003", system=SCT, valueBoolean=False),
+            obs("40739000", system=SCT, valueBoolean=False),
             muscle({"valueString": "3+"}),
             ferritin(80),
             obs("54218-3", **qty(2.1, "{ratio}")),
@@ -572,6 +605,9 @@ CASES: list[Case] = [
             "ferritin_gt_200": "absent",
             "cd4_cd8_lt_1_4": "absent",
             "bmi_lt_15": "absent",
+            "edema": "absent",
+            "skin_ulcer": "absent",
+            "bulbar_weakness": "absent",
             "ana_positive": "absent",
         },
         refractory=None,
@@ -609,9 +645,9 @@ CASES: list[Case] = [
     ),
     Case(
         "age_exactly_eighteen",
-        "On the 18th birthday the patient is no longer eligible (age < 18 required).",
-        [patient(birth=birth_date_for_age(18)), nxp2_positive()],
-        {"anti_nxp2_positive": "present"},
+        "On the 18th birthday, with no onset recorded, the patient is no longer eligible (age < 18 required).",
+        [patient(birth=birth_date_for_age(18)), nxp2_positive(), condition("M33.00")],
+        {"anti_nxp2_positive": "present", "jdm_diagnosis": "present"},
         refractory=None,
         gi=None,
         eligible=False,
@@ -634,12 +670,13 @@ CASES: list[Case] = [
     ),
     Case(
         "no_birth_date",
-        "Without a birth date the age is unknown: not eligible, no card.",
+        "Without a birth date the age is unknown: no risk cards, one info card saying age is needed.",
         [patient(birth=None), nxp2_positive(), condition("R60.0")],
         {"anti_nxp2_positive": "present", "edema": "present"},
         refractory=None,
         gi=None,
         eligible=False,
+        notice="age-unknown",
     ),
     Case(
         "future_dated_result_ignored",

@@ -47,7 +47,7 @@ def test_discovery_lists_the_service(client: FlaskClient) -> None:
     assert (service["id"], service["hook"], sorted(service["prefetch"])) == (
         "nxp2-jdm-risk",
         "patient-view",
-        ["conditions", "observations", "patient"],
+        ["conditions", "laboratory", "observations", "patient"],
     )
     assert service["title"]
     assert service["description"]

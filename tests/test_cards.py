@@ -33,6 +33,7 @@ def fatal(engine: Engine) -> list[dict[str, Any]]:
         [
             patient(),
             nxp2_positive(),
+            condition("M33.00"),
             condition("R60.0"),
             condition("L98.499"),
             condition("R13.10"),
@@ -58,9 +59,9 @@ def test_indicator_is_the_tier(fatal: list[dict[str, Any]]) -> None:
 
 def test_uuids_are_deterministic_per_hook_instance(engine: Engine, fatal: list[dict[str, Any]]) -> None:
     """The same hook instance gives the same card uuids; another instance gives others."""
-    again = render(engine, [patient(), nxp2_positive(), condition("R60.0")])
+    again = render(engine, [patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")])
     other = engine.cards(
-        engine.assess([patient(), nxp2_positive(), condition("R60.0")], patient_id=PID, at=AT),
+        engine.assess([patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")], patient_id=PID, at=AT),
         CardContext(hook_instance="another-instance", patient_id=PID),
     )
     assert [c["uuid"] for c in again] == [c["uuid"] for c in fatal]
@@ -151,6 +152,7 @@ def test_values_from_the_record_are_escaped(engine: Engine) -> None:
         [
             patient(),
             nxp2_positive(),
+            condition("M33.00"),
             obs(
                 "8061-4",
                 valueString=evil,
@@ -187,7 +189,9 @@ def test_screening_card_suggests_the_anti_nxp2_test(engine: Engine) -> None:
 
 def test_evidence_link_when_the_page_url_is_known(engine: Engine) -> None:
     """With an evidence URL every risk card links to its outcome's section of the page, as an absolute link."""
-    cards = render(engine, [patient(), nxp2_positive()], evidence_url="https://cds.example.org/evidence")
+    cards = render(
+        engine, [patient(), nxp2_positive(), condition("M33.00")], evidence_url="https://cds.example.org/evidence"
+    )
     label = "Evidence: Wang et al. 2020 · anti-NXP2 JDM cohort (n = 26)"
     assert [c["links"] for c in cards] == [
         [{"label": label, "url": "https://cds.example.org/evidence#refractory", "type": "absolute"}],
@@ -224,6 +228,12 @@ def test_summary_reports_how_many_were_left_out() -> None:
 def test_ulcer_recorded_as_snomed_finding_in_detail(engine: Engine) -> None:
     """A finding recorded by an Observation is shown as an examination finding with its date."""
     cards = render(
-        engine, [patient(), nxp2_positive(), obs("46742003", system=SCT, when="2026-11-20", valueBoolean=True)]
+        engine,
+        [
+            patient(),
+            nxp2_positive(),
+            condition("M33.00"),
+            obs("46742003", system=SCT, when="2026-11-20", valueBoolean=True),
+        ],
     )
     assert "recorded as an examination finding (2026-11-20)" in by_outcome(cards)["refractory"]["detail"]

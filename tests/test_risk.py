@@ -13,7 +13,8 @@ from tests.builders import AT
 
 
 def findings(age: int | None = 8, /, **states: str) -> PatientFindings:
-    """Findings with every predictor absent unless given."""
+    """Findings with every predictor absent unless given, and the child's JDM diagnosis recorded."""
+    states = {"jdm_diagnosis": "present", **states}
     predictors = {pid: PredictorFinding(id=pid, state=State(states.get(pid, "absent"))) for pid in PREDICTOR_IDS}
     return PatientFindings(
         patient_id="p", evaluated_at=AT, birth_date=date(2018, 1, 1), age_years=age, predictors=predictors
@@ -75,9 +76,16 @@ def test_unknown_never_lowers_a_tier(knowledge: KnowledgeBase) -> None:
             "required-predictor-not-present",
             True,
         ),
-        (8, {"anti_nxp2_positive": "unknown"}, False, "required-predictor-not-present", False),
+        (
+            8,
+            {"anti_nxp2_positive": "unknown", "jdm_diagnosis": "unknown"},
+            False,
+            "required-predictor-not-present",
+            False,
+        ),
         (18, {"anti_nxp2_positive": "present"}, False, "age-out-of-range", False),
         (None, {"anti_nxp2_positive": "present"}, False, "age-unknown", False),
+        (8, {"anti_nxp2_positive": "present", "jdm_diagnosis": "unknown"}, False, "diagnosis-not-recorded", False),
         (
             18,
             {"anti_nxp2_positive": "unknown", "jdm_diagnosis": "present"},
@@ -86,7 +94,7 @@ def test_unknown_never_lowers_a_tier(knowledge: KnowledgeBase) -> None:
             False,
         ),
     ],
-    ids=["eligible", "negative", "screening", "no-jdm", "adult", "no-age", "adult-jdm-unknown"],
+    ids=["eligible", "negative", "screening", "no-jdm", "adult", "no-age", "adult-jdm-unknown", "no-diagnosis"],
 )
 def test_eligibility(
     knowledge: KnowledgeBase, age: int | None, states: dict[str, str], eligible: bool, reason: str, screening: bool

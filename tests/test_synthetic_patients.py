@@ -92,8 +92,8 @@ def test_every_resource_is_accounted_for(case: Case) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    [c for c in CASES if not (c.eligible or c.screening)],
-    ids=[c.name for c in CASES if not (c.eligible or c.screening)],
+    [c for c in CASES if not (c.eligible or c.screening or c.notice)],
+    ids=[c.name for c in CASES if not (c.eligible or c.screening or c.notice)],
 )
 def test_no_card_possible_stops_after_the_eligibility_predictors(case: Case) -> None:
     """When neither the risk cards nor the screening card can apply, only the eligibility predictors are evaluated."""
