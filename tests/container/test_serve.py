@@ -152,20 +152,20 @@ def test_readyz_is_ready(service: Service) -> None:
     knowledge base and the value sets loaded."""
     response = requests.get(f"{service.base_url}/readyz", timeout=10)
     assert response.status_code == 200, response.text
-    assert response.json() == {
-        "status": "ready",
-        "checks": {"database": True, "schema": True, "knowledge_base": True, "value_sets": True},
-    }
+    ready = response.json()
+    assert ready["status"] == "ready"
+    assert ready["checks"] == {"database": True, "schema": True, "knowledge_base": True, "value_sets": True}
 
 
 def test_discovery_lists_the_service(service: Service) -> None:
-    """Discovery lists the patient-view service with its prefetch templates."""
+    """Discovery lists the patient-view service with its prefetch templates, each for the context's patient."""
     response = requests.get(f"{service.base_url}/cds-services", timeout=10)
     assert response.status_code == 200
     assert_valid_cds("discoveryResponse", response.json())
     (listed,) = response.json()["services"]
     assert (listed["id"], listed["hook"]) == ("nxp2-jdm-risk", "patient-view")
-    assert set(listed["prefetch"]) == {"patient", "observations", "conditions"}
+    assert {"patient", "observations", "conditions"} <= set(listed["prefetch"])
+    assert all("{{context.patientId}}" in template for template in listed["prefetch"].values())
 
 
 def test_patient_view_returns_the_example_cards(service: Service) -> None:
