@@ -7,6 +7,7 @@ arranges it. Values that come from the patient's record are escaped before they 
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -208,7 +209,8 @@ class _Renderer:
         blocks = ["\n".join(lines)]
         if footnotes:
             blocks.append("\n".join(footnotes))
-        examine = [p for p in result.unknown if self.findings.predictors[p].basis in _EXAMINE]
+        row_predictors = [r.predictor for r in outcome.rows if r.predictor and r.predictor not in outcome.drivers]
+        examine = [p for p in (*result.unknown, *row_predictors) if self.findings.predictors[p].basis in _EXAMINE]
         if examine:
             blocks.append(
                 f"**{words.examine_heading}:** " + ", ".join(self.kb.predictors[p].label for p in examine) + "."
@@ -283,10 +285,14 @@ class _Renderer:
             finding = self.findings.predictors.get(pid)
             if finding is None:
                 continue
-            date = escape_markdown(finding.effective[:10]) if finding.effective else "?"
+            date = escape_markdown(finding.effective[:10]) if finding.effective else words.undated
             source = escape_markdown(", ".join(finding.references[:2])) or "?"
             if finding.state is not State.PRESENT:
-                parts.append(f"{self.kb.predictors[pid].label}: {self._basis_text(finding, pid)}")
+                label = self.kb.predictors[pid].label
+                if finding.basis in _EXAMINE:
+                    parts.append(words.basis_missing.format(label=label))
+                else:
+                    parts.append(f"{label}: {self._basis_text(finding, pid)}")
             elif pid == rules.diagnosis:
                 display = next((s.code_display for s in finding.sources if s.code_display), None)
                 parts.append(
@@ -398,7 +404,7 @@ class _Renderer:
         if finding is None or finding.basis == "no-data":
             why = self.words.lookback_text.format(days=lookback) if lookback else self.words.lookback_unlimited_text
         else:
-            why = self._basis_text(finding, predictor_id).replace("\\", "")
+            why = html.unescape(self._basis_text(finding, predictor_id).replace("\\", ""))  # plain text, not markdown
         reason = self.words.suggestion_reason.format(
             outcomes=" and ".join(outcomes) if outcomes else "eligibility", why=why
         )

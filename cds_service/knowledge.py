@@ -288,6 +288,8 @@ class Wording(_Model):
     basis_heading: str
     basis_antibody: str
     basis_diagnosis: str
+    basis_missing: str
+    undated: str
     basis_age: dict[Literal["onset", "diagnosis", "now"], str]
     gap_hours: str
     gap_days: str

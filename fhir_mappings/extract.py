@@ -760,7 +760,10 @@ def _quantity(run: _Run, pid: str, rule: QuantityRule) -> PredictorFinding:
 def _grade(run: _Run, pid: str, rule: GradeRule) -> PredictorFinding:
     items, stale = run.window(rule.concepts(), rule.lookback_days)
     options = [_Option(i.when, i.when_raw, _bind(run.read_grade, i, rule), (i,)) for i in items]
-    return run.decide(pid, options, unit=None, stale=stale, lookback_days=rule.lookback_days, concepts=rule.concepts())
+    found = run.decide(pid, options, unit=None, stale=stale, lookback_days=rule.lookback_days, concepts=rule.concepts())
+    if found.basis == BASIS_NO_DATA:  # an examination nobody recorded: the card asks for it at this visit
+        return PredictorFinding(id=pid, state=State.UNKNOWN, basis=BASIS_NOT_RECORDED)
+    return found
 
 
 def _measured(
@@ -1234,10 +1237,10 @@ def _reference_range_verdict(number: float, comparator: str | None, ranges: obje
             return Verdict.INDETERMINATE if met is None else (Verdict.POSITIVE if met else Verdict.NEGATIVE)
         text = reference.get("text")
         if isinstance(text, str):
-            m = _REF_RANGE_TEXT.match(text)
+            m = _REF_RANGE_TEXT.match(text) or _REF_RANGE_TEXT.search(text)
             if m is not None:
-                limit = float(m.group(2))
-                operator = ">=" if m.group(1) == "<" else ">"
+                limit = float(m.group(2) or m.group(3) or m.group(4))
+                operator = ">=" if m.group(1) in ("<", "＜") else ">"
                 met = meets(number, comparator, operator, limit)
                 return Verdict.INDETERMINATE if met is None else (Verdict.POSITIVE if met else Verdict.NEGATIVE)
     return None

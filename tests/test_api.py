@@ -23,7 +23,14 @@ from tests.builders import (
 from tests.http_support import FEEDBACK_URL, SERVICE_URL, AppFactory, post_json
 from tests.synthetic_patients import nxp2_positive
 
-FATAL = [patient(), nxp2_positive(), condition("R60.0"), condition("L98.499"), obs("39156-5", **qty(13.0, "kg/m2"))]
+FATAL = [
+    patient(),
+    nxp2_positive(),
+    condition("M33.00"),
+    condition("R60.0"),
+    condition("L98.499"),
+    obs("39156-5", **qty(13.0, "kg/m2")),
+]
 
 
 def assert_outcome(response: TestResponse, status: int) -> dict[str, Any]:

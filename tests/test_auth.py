@@ -36,7 +36,7 @@ EHR = "https://ehr.example.org"
 EPIC = "https://fhir.epic.example.org/interconnect"
 SANDBOX = "https://sandbox.cds-hooks.org"
 TENANTED = "https://tenanted.example.org"
-REQUEST = hook_request([patient(), nxp2_positive(), condition("R60.0")])
+REQUEST = hook_request([patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")])
 
 
 @dataclass

@@ -138,9 +138,11 @@ def test_detail_says_dysphagia_death_p_is_one_sided(fatal: list[dict[str, Any]])
 
 
 def test_detail_lists_what_was_not_assessed(fatal: list[dict[str, Any]]) -> None:
-    """Predictors that could not be assessed are listed as such, never as absent."""
+    """Predictors that could not be assessed are listed as such, never as absent: labs with their reason, an
+    examination nobody recorded as one to do at this visit."""
     detail = by_outcome(fatal)["refractory"]["detail"]
-    assert "**Not assessed:** Proximal muscle strength ≤ grade 3 — no result on record;" in detail
+    assert "**Not assessed:** CD4/CD8 ratio < 1.4 — no result on record;" in detail
+    assert "**Examine at this visit:** Proximal muscle strength ≤ grade 3" in detail
     assert "| CD4/CD8 ratio < 1.4 | not assessed |" in detail
 
 

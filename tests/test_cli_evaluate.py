@@ -27,7 +27,9 @@ def run(*args: str, stdin: str | None = None) -> Any:
 
 def test_evaluate_prints_a_valid_response(tmp_path: Path) -> None:
     """A request with prefetched data gives a schema-valid response with the expected cards."""
-    request = hook_request([patient(), nxp2_positive(), condition("R60.0"), obs("2276-4", **qty(400, "ng/mL"))])
+    request = hook_request(
+        [patient(), nxp2_positive(), condition("M33.00"), condition("R60.0"), obs("2276-4", **qty(400, "ng/mL"))]
+    )
     result = run(str(write_request(tmp_path, request)), "--at", "2026-11-24T12:00:00Z")
     response = json.loads(result.stdout)
     assert result.exit_code == 0
@@ -45,7 +47,10 @@ def test_evaluate_reads_standard_input() -> None:
 def test_evaluation_time_changes_the_answer(tmp_path: Path) -> None:
     """--at sets the evaluation time: the same ferritin counts now and is stale a year later."""
     request = write_request(
-        tmp_path, hook_request([patient(), nxp2_positive(), obs("2276-4", when="2026-11-01", **qty(400, "ng/mL"))])
+        tmp_path,
+        hook_request(
+            [patient(), nxp2_positive(), condition("M33.00"), obs("2276-4", when="2026-11-01", **qty(400, "ng/mL"))]
+        ),
     )
     now = json.loads(run(str(request), "--at", "2026-11-24").stdout)
     later = json.loads(run(str(request), "--at", "2027-11-24").stdout)

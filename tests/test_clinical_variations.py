@@ -564,7 +564,7 @@ NOT_RECORDED: list[Variation] = [
         {"ild": "unknown"},
         risk("info", "info"),
         basis={"ild": "not-recorded"},
-        says=("Examine at this visit: Edema, Skin ulcer, Dysphagia / hoarseness / lower voice, Interstitial lung",),
+        says=("Dysphagia / hoarseness / lower voice, Proximal muscle strength ≤ grade 3, Interstitial lung disease.",),
     ),
     V(
         "edema_negative_boolean",
@@ -573,7 +573,7 @@ NOT_RECORDED: list[Variation] = [
         {"edema": "absent"},
         risk("info", "info"),
         basis={"edema": "observation"},
-        says=("Examine at this visit: Skin ulcer, Dysphagia / hoarseness / lower voice.",),
+        says=("Skin ulcer, Dysphagia / hoarseness / lower voice, Proximal muscle strength",),
     ),
     V(
         "skin_ulcer_negative_coded_absent",

@@ -61,7 +61,9 @@ def test_plots_have_one_mark_per_row(guarded: Flask, knowledge: KnowledgeBase) -
 def test_cards_link_to_the_page_with_the_public_url(make_app: AppFactory) -> None:
     """Every card links (type absolute) to the evidence page under the configured public base URL."""
     app = make_app(public_base_url="https://cds.example.org/nxp2")
-    cards = app.test_client().post(SERVICE_URL, json=hook_request([patient(), nxp2_positive(), condition("R60.0")]))
+    cards = app.test_client().post(
+        SERVICE_URL, json=hook_request([patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")])
+    )
     links = [link for card in cards.get_json()["cards"] for link in card["links"]]
     assert [(link["url"], link["type"]) for link in links] == [
         ("https://cds.example.org/nxp2/evidence#refractory", "absolute"),

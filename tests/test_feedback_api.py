@@ -44,7 +44,9 @@ def db_app(make_app: AppFactory, database_url: str) -> Flask:
 
 
 def issue_card(app: Flask) -> dict[str, Any]:
-    response = app.test_client().post(SERVICE_URL, json=hook_request([patient(), nxp2_positive(), condition("R60.0")]))
+    response = app.test_client().post(
+        SERVICE_URL, json=hook_request([patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")])
+    )
     card: dict[str, Any] = response.get_json()["cards"][0]
     return card
 

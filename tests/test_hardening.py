@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.builders import hook_request, obs, patient, qty, searchset
+from tests.builders import condition, hook_request, obs, patient, qty, searchset
 from tests.http_support import SERVICE_URL, AppFactory
 from tests.synthetic_patients import nxp2_positive
 
@@ -26,7 +26,11 @@ def test_json_nested_beyond_the_parser_limit_is_400(make_app: AppFactory) -> Non
 def test_deeply_nested_resource_is_skipped_not_fatal(make_app: AppFactory) -> None:
     """A matching Observation nested far deeper than any FHIR resource is skipped; the call still succeeds."""
     deep = obs("2276-4", **qty(900, "ng/mL")) | {"extension": [nested(60)]}
-    response = make_app().test_client().post(SERVICE_URL, json=hook_request([patient(), nxp2_positive(), deep]))
+    response = (
+        make_app()
+        .test_client()
+        .post(SERVICE_URL, json=hook_request([patient(), nxp2_positive(), condition("M33.00"), deep]))
+    )
     assert response.status_code == 200
     extension = response.get_json()["cards"][0]["extension"]["nxp2-cds.assessment"]
     assert extension["counts"]["skipped"].get("too-deep") == 1
@@ -54,7 +58,7 @@ def test_nan_literal_is_400(make_app: AppFactory) -> None:
 
 def test_huge_numbers_do_not_crash(make_app: AppFactory) -> None:
     """An Observation value of 1e308 (or an integer with 400 digits) is handled without an error."""
-    document = hook_request([patient(), nxp2_positive(), obs("2276-4", **qty(1e308, "ng/mL"))])
+    document = hook_request([patient(), nxp2_positive(), condition("M33.00"), obs("2276-4", **qty(1e308, "ng/mL"))])
     assert make_app().test_client().post(SERVICE_URL, json=document).status_code == 200
     body = (
         b'{"hook":"patient-view","hookInstance":"x","context":{"userId":"Practitioner/1","patientId":"p"},'

@@ -25,6 +25,7 @@ def chart() -> list[dict[str, Any]]:
         nxp2_positive(pid=PATIENT_ID),
         obs("2276-4", pid=PATIENT_ID, **qty(456.7, "ng/mL")),
         obs("5048-4", pid=PATIENT_ID, valueString="1:1280"),
+        condition("M33.00", pid=PATIENT_ID),
         condition("R60.0", pid=PATIENT_ID),
     ]
 
@@ -119,6 +120,6 @@ def test_hook_call_logs_counts(logged: str) -> None:
     first = next(line for line in json_lines(logged) if line.get("event") == "request")
     assert (first["hook_instance"], first["resources_seen"], first["cards"]) == (
         "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        5,
+        6,
         ["warning", "critical"],
     )

@@ -41,10 +41,19 @@ def test_liveness(make_app: AppFactory) -> None:
 def test_readiness_when_everything_is_loaded(make_app: AppFactory) -> None:
     """/readyz answers 200 when the database answers with the current schema and the knowledge base is loaded."""
     body = make_app().test_client().get("/readyz").get_json()
-    assert body == {
-        "status": "ready",
-        "checks": {"database": True, "schema": True, "knowledge_base": True, "value_sets": True},
-    }
+    assert (body["status"], body["checks"]) == (
+        "ready",
+        {"database": True, "schema": True, "knowledge_base": True, "value_sets": True},
+    )
+
+
+def test_readiness_warns_while_anti_nxp2_has_no_site_code(make_app: AppFactory) -> None:
+    """/readyz stays ready but names the predictors recognised by name only until the site maps its codes."""
+    body = make_app().test_client().get("/readyz").get_json()
+    assert (body["status"], body["warnings"]["mappings"]["recognised_by_name_only"]) == (
+        "ready",
+        ["anti_nxp2_positive"],
+    )
 
 
 def test_not_ready_when_the_database_is_down(make_app: AppFactory) -> None:
@@ -64,9 +73,9 @@ def moved(make_app: AppFactory, httpserver: HTTPServer) -> tuple[Samples, Sample
     guarded = make_app(auth={"mode": "required", "issuers": [{"iss": "x", "jwks_url": "https://x.example/j"}]})
     before = scrape(app)
     client = app.test_client()
-    chart = [patient(), nxp2_positive(), condition("R60.0")]
+    chart = [patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")]
     cards: list[dict[str, Any]] = client.post(SERVICE_URL, json=hook_request(chart)).get_json()["cards"]
-    httpserver.expect_request("/fhir/Condition").respond_with_json(searchset(condition("R60.0")))
+    httpserver.expect_request("/fhir/Condition").respond_with_json(searchset(condition("M33.00"), condition("R60.0")))
     fallback = hook_request(chart) | {"fhirServer": base}
     del fallback["prefetch"]["conditions"]
     assert client.post(SERVICE_URL, json=fallback).status_code == 200

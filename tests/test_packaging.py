@@ -53,7 +53,7 @@ def test_installed_wheel_evaluates_outside_the_checkout(wheel: Path, tmp_path: P
         capture_output=True,
     )
     request = tmp_path / "request.json"
-    request.write_text(json.dumps(hook_request([patient(), nxp2_positive(), condition("R60.0")])))
+    request.write_text(json.dumps(hook_request([patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")])))
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NXP2_CDS_")}

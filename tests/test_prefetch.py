@@ -13,7 +13,7 @@ from flask import Flask
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from tests.builders import PID, assert_valid_cds, condition, hook_request, obs, patient, qty, searchset
+from tests.builders import LOCAL, PID, assert_valid_cds, condition, hook_request, obs, patient, qty, searchset
 from tests.http_support import SERVICE_URL, AppFactory, runtime_of
 from tests.synthetic_patients import nxp2_positive
 
@@ -22,18 +22,20 @@ BASE_PATH = "/fhir"
 
 PATIENT = patient()
 OBSERVATIONS = [nxp2_positive(), obs("2276-4", **qty(400, "ng/mL"))]
-CONDITIONS = [condition("R60.0")]
+CONDITIONS = [condition("M33.00"), condition("R60.0")]
 
 
 def fhir_app(make_app: AppFactory, httpserver: HTTPServer, **fhir: Any) -> Flask:
-    """An app allowed to call the test FHIR server over http, with short timeouts."""
+    """An app allowed to call the test FHIR server over http, with short timeouts. The site has mapped its
+    anti-NXP2 code, so the templates are the three coded ones (the ``laboratory`` template, used while anti-NXP2
+    has no site code, is tested in tests/integration/test_name_only_nxp2_real_fhir.py)."""
     settings = {
         "allowed_servers": [httpserver.url_for(BASE_PATH)],
         "allow_http": True,
         "request_timeout_seconds": 0.5,
         "deadline_seconds": 2.0,
     } | fhir
-    return make_app(fhir=settings)
+    return make_app(fhir=settings, mappings={"local_codes": {"anti_nxp2_positive": [f"{LOCAL}|MYO-NXP2"]}})
 
 
 def request_without(
@@ -282,10 +284,12 @@ def test_missing_data_without_fhir_server_is_412(make_app: AppFactory) -> None:
 
 
 def test_no_prefetch_and_no_fhir_server_is_412(make_app: AppFactory) -> None:
-    """No prefetch object and no fhirServer gives 412 naming all three keys."""
+    """No prefetch object and no fhirServer gives 412 naming every key (with no site code for anti-NXP2, the
+    laboratory template too)."""
     document = hook_request([PATIENT])
     del document["prefetch"]
-    assert issue_keys(make_app().test_client().post(SERVICE_URL, json=document)) == ALL_KEYS
+    response = make_app().test_client().post(SERVICE_URL, json=document)
+    assert issue_keys(response) == sorted([*ALL_KEYS, "prefetch.laboratory"])
 
 
 def test_batch_response_not_matching_the_batch_is_412(make_app: AppFactory, httpserver: HTTPServer) -> None:

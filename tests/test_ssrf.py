@@ -6,7 +6,7 @@ from typing import Any
 
 from pytest_httpserver import HTTPServer
 
-from tests.builders import PID, hook_request, patient, searchset
+from tests.builders import PID, condition, hook_request, patient, searchset
 from tests.http_support import SERVICE_URL, AppFactory
 from tests.synthetic_patients import nxp2_positive
 
@@ -15,7 +15,7 @@ TOKEN = "hospital-token"
 
 def request(fhir_server: str, **prefetch: Any) -> dict[str, Any]:
     """A request that lacks the conditions key (so the service must fetch) unless ``prefetch`` says otherwise."""
-    document = hook_request([patient(), nxp2_positive()])
+    document = hook_request([patient(), nxp2_positive(), condition("M33.00")])
     del document["prefetch"]["conditions"]
     document["prefetch"].update(prefetch)
     document["fhirServer"] = fhir_server

@@ -52,7 +52,7 @@ def call(base: str, key: ClientKey, path: str, body: Any, token: str | None = No
 
 SERVICE = "/cds-services/nxp2-jdm-risk"
 FEEDBACK = SERVICE + "/feedback"
-CHART = [patient(), nxp2_positive(), condition("R60.0")]
+CHART = [patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")]
 
 
 def test_a_jti_used_on_one_instance_is_refused_by_the_other(pair: tuple[str, str, ClientKey]) -> None:
