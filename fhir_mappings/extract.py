@@ -177,6 +177,8 @@ class _Run:
     seen: int = 0
     malformed: int = 0
     birth_date_raw: object = None
+    sex: str | None = None
+    """``Patient.gender`` when ``male`` or ``female``; ``other``, ``unknown`` or none is ``None``."""
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def skip(self, resource: Json, reason: str) -> None:
@@ -224,6 +226,8 @@ class _Run:
                     if self.valid(resource):
                         self.patient_found = True
                         self.birth_date_raw = resource.get("birthDate")
+                        gender = resource.get("gender")
+                        self.sex = gender if gender in ("male", "female") else None
                         self.used.add(id(resource))
                 else:
                     self.skip(resource, "other-patient")
@@ -1111,6 +1115,7 @@ class Chart:
             skipped=dict(sorted(skipped.items())),
             malformed=run.malformed,
             patient_found=run.patient_found,
+            sex=run.sex,
         )
 
 

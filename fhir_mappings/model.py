@@ -83,6 +83,9 @@ class PatientFindings:
     """Items that were not FHIR resources at all."""
     patient_found: bool = True
     """Whether the chart held the Patient resource itself (without it, age cannot be known)."""
+    sex: str | None = None
+    """``Patient.gender`` when it is ``male`` or ``female``; ``other``, ``unknown`` or not recorded is ``None``
+    (the WHO growth references are by sex, so BMI for age is then left out)."""
 
     def state(self, predictor_id: str) -> State:
         finding = self.predictors.get(predictor_id)
