@@ -52,7 +52,9 @@ def create_app(
     try:
         settings = settings or load_settings()
         logs.configure(settings.log_level)
-        engine = engine or Engine.load(settings.knowledge_file, settings.mappings.local_codes)
+        engine = engine or Engine.load(
+            settings.knowledge_file, settings.mappings.local_codes, language=settings.cards.language
+        )
     except (SettingsError, KnowledgeError) as exc:
         raise StartupError(str(exc)) from exc
     session = session or new_session()

@@ -27,6 +27,7 @@ from .engine import Engine
 from .errors import BadRequest, Issue, NotFound, UnsupportedMediaType
 from .feedback import CardRecorder, IssuedCard, Store
 from .fhir_client import Deadline, FhirClient, ServerPolicy
+from .i18n import negotiate
 from .prefetch import Resolved, build_templates, resolve
 from .protocol import FeedbackRequest, HookRequest, PatientViewContext
 from .settings import Settings
@@ -54,7 +55,8 @@ class Runtime:
     session: requests.Session
     policy: ServerPolicy
     templates: dict[str, str]
-    discovery: bytes
+    discovery: dict[str, bytes]
+    """The discovery document in every language."""
     openapi: bytes
     clock: Callable[[], datetime]
     auth: Authenticator | None
@@ -71,19 +73,22 @@ class Runtime:
         auth: Authenticator | None = None,
     ) -> Runtime:
         templates = build_templates(engine)
-        wording = engine.knowledge.wording.service
-        discovery = {
-            "services": [
-                {
-                    "hook": HOOK,
-                    "id": SERVICE_ID,
-                    "title": wording.title,
-                    "description": wording.description,
-                    "usageRequirements": wording.usage_requirements,
-                    "prefetch": templates,
-                }
-            ]
-        }
+        discovery: dict[str, bytes] = {}
+        for language in engine.languages:
+            wording = engine.knowledge_for(language).wording.service
+            document = {
+                "services": [
+                    {
+                        "hook": HOOK,
+                        "id": SERVICE_ID,
+                        "title": wording.title,
+                        "description": wording.description,
+                        "usageRequirements": wording.usage_requirements,
+                        "prefetch": templates,
+                    }
+                ]
+            }
+            discovery[language] = orjson.dumps(document)
         policy = ServerPolicy(settings.fhir.allowed_servers, settings.fhir.allow_http)
         document = openapi.build(SERVICE_ID, HOOK, auth_required=auth is not None and auth.required)
         return cls(
@@ -94,7 +99,7 @@ class Runtime:
             session=session,
             policy=policy,
             templates=templates,
-            discovery=orjson.dumps(discovery),
+            discovery=discovery,
             openapi=orjson.dumps(document),
             clock=clock or (lambda: datetime.now(UTC)),
             auth=auth,
@@ -218,7 +223,15 @@ def _validate(model: type[M], document: Any, prefix: str = "") -> M:
 
 @bp.get("/cds-services")
 def discovery() -> Response:
-    return Response(runtime().discovery, mimetype="application/json")
+    rt = runtime()
+    response = Response(rt.discovery[request_language(rt)], mimetype="application/json")
+    response.vary.add("Accept-Language")
+    return response
+
+
+def request_language(rt: Runtime) -> str:
+    """The request's language: the best supported one its ``Accept-Language`` asks for, else the site's."""
+    return negotiate(list(request.accept_languages), rt.engine.languages, rt.engine.language)
 
 
 @docs.get("/openapi.json")
@@ -294,6 +307,7 @@ def service(service_id: str) -> Response:
             patient_id=context.patientId,
             user_id=context.userId,
             evidence_url=_evidence_url(rt),
+            language=request_language(rt),
         ),
     )
     if cards:
@@ -310,7 +324,9 @@ def service(service_id: str) -> Response:
         cards=[card["indicator"] for card in cards],
     )
     metrics.DECISIONS.labels(assessment.decision).inc()
-    return json_response({"cards": cards})
+    response = json_response({"cards": cards})
+    response.vary.add("Accept-Language")
+    return response
 
 
 @bp.post("/cds-services/<service_id>/feedback")

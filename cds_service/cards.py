@@ -1,8 +1,15 @@
 """Assessment → CDS Hooks 2.0 cards (plain JSON-ready dicts). Pure: no I/O, no clock, no randomness.
 
+A card is read in ten seconds: the summary says what to do ("assess swallowing/voice; order CD4/CD8"), the detail is
+about 1,200 characters of markdown — why the card applies (the anti-NXP2 result, the diagnosis, the age), one table
+row per predictor (this child's state and value as reported, with its date; the cohort's rate with vs without; OR
+and P), the footnotes as separate paragraphs, what to examine at this visit, one line of caveat and a link to the
+evidence page, where the method, the paper's defects and the long notes live.
+
 Card and suggestion uuids are UUIDv5 of the hook instance, so the same request always yields the same cards and
-feedback can be tied back to them. Every word comes from the knowledge base's ``[wording]``; this module only
-arranges it. Values that come from the patient's record are escaped before they enter markdown.
+feedback can be tied back to them. Every word comes from the knowledge base's ``[wording]``, already in the card's
+language (see :mod:`cds_service.i18n`); numbers and dates are formatted for that language, the paper's printed
+estimates never. Values that come from the patient's record are escaped before they enter markdown.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from typing import Any
 
 from fhir_mappings import PatientFindings, PredictorFinding, Source, State
 
-from .knowledge import PREDICTOR_IDS, KnowledgeBase, Outcome, Predictor, Row
+from .growth import bmi_for_age
+from .i18n import SOURCE_LANGUAGE, Formatter
+from .knowledge import PREDICTOR_IDS, KnowledgeBase, Outcome, Row
 from .risk import Assessment, OutcomeAssessment
 
 SUMMARY_MAX = 139
@@ -26,6 +35,12 @@ EXTENSION_VERSION = 1
 _CARD_NAMESPACE = uuid.UUID("6f0c2d4e-5b1a-4c47-9a0e-2f7f4b1d9c33")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 _HTML_SPECIAL = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_SUPERSCRIPTS = ("¹", "²", "³", "⁴", "⁵", "⁶", "⁷", "⁸", "⁹")
+_EXAMINE = frozenset({"not-recorded", "suspected"})
+"""Clinical findings nobody recorded either way: the card asks the clinician to examine for them now."""
+_NO_REORDER = frozenset({"pending"})
+"""A result on its way: no repeat order is suggested."""
+_BMI = "bmi_lt_15"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +52,13 @@ class CardContext:
     user_id: str | None = None
     evidence_url: str | None = None
     """Absolute URL of the service's evidence page; when given, every card links to it."""
+    language: str | None = None
+    """The cards' language (a BCP 47 tag; ``None``: the site's default, which the engine fills in)."""
 
 
 def render_cards(assessment: Assessment, knowledge: KnowledgeBase, context: CardContext) -> list[dict[str, Any]]:
-    """The cards for one assessment: one per outcome with a tier, or the screening card, or none."""
+    """The cards for one assessment: one per outcome with a tier, or the screening card, or a notice, or none.
+    ``knowledge`` is the knowledge base in ``context.language``."""
     renderer = _Renderer(assessment, knowledge, context)
     if assessment.eligible:
         return [renderer.risk_card(o) for o in assessment.outcomes if o.tier is not None]
@@ -57,24 +75,35 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
 
 
-def fit_summary(template: str, lists: Mapping[str, Sequence[str]], values: Mapping[str, object]) -> str:
+def fit_summary(
+    template: str,
+    lists: Mapping[str, Sequence[str]],
+    values: Mapping[str, object],
+    *,
+    separator: str = ", ",
+    more: str = " +{n} more",
+    compose: Mapping[str, Any] | None = None,
+) -> str:
     """Fill ``template``; while the result is 140 characters or more, show fewer list items (``a, b +2 more``),
-    and as a last resort cut the text with an ellipsis."""
+    and as a last resort cut the text with an ellipsis. ``compose`` maps a placeholder to a function of the
+    shortened lists (the summary's action: "assess edema, ulcer; order CD4/CD8")."""
     longest = max((len(v) for v in lists.values()), default=0)
+    text = template
     for shown in range(longest, -1, -1):
-        rendered = {name: _short_list(items, shown) for name, items in lists.items()}
-        text = template.format(**rendered, **values)
+        rendered = {name: _short_list(items, shown, separator, more) for name, items in lists.items()}
+        composed = {name: build(rendered) for name, build in (compose or {}).items()}
+        text = template.format(**rendered, **composed, **values)
         if len(text) <= SUMMARY_MAX:
             return text
     return text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
-def _short_list(items: Sequence[str], shown: int) -> str:
+def _short_list(items: Sequence[str], shown: int, separator: str = ", ", more: str = " +{n} more") -> str:
     if len(items) <= shown:
-        return ", ".join(items)
+        return separator.join(items)
     if shown == 0:
-        return f"{len(items)}"
-    return ", ".join(items[:shown]) + f" +{len(items) - shown} more"
+        return str(len(items))
+    return separator.join(items[:shown]) + more.format(n=len(items) - shown)
 
 
 class _Renderer:
@@ -84,6 +113,8 @@ class _Renderer:
         self.kb = knowledge
         self.words = knowledge.wording
         self.context = context
+        self.language = context.language or SOURCE_LANGUAGE
+        self.fmt = Formatter(self.language)
 
     # -- cards ---------------------------------------------------------------------------------------
     def risk_card(self, result: OutcomeAssessment) -> dict[str, Any]:
@@ -91,44 +122,67 @@ class _Renderer:
         outcome = self.kb.outcomes[result.outcome_id]
         template = self.words.outcomes[result.outcome_id].summary(result.tier)
         assert template is not None  # the knowledge base validator guarantees it
-        short = self.kb.predictors
-        summary = fit_summary(
-            template,
-            {
-                "present": [short[p].short for p in result.present],
-                "unknown": [short[p].short for p in result.unknown],
-            },
-            {
-                "outcome": outcome.label,
-                "outcome_short": outcome.short,
-                "tier": self.words.indicator_labels[result.tier],
-                "present_count": len(result.present),
-                "unknown_count": len(result.unknown),
-                "driver_count": len(outcome.drivers),
-            },
-        )
         return self._card(
             result.outcome_id,
-            summary,
+            self._summary(template, result, outcome),
             self._risk_detail(result, outcome),
             result.tier,
             result.unknown,
             self._extension(result.outcome_id, result.tier, outcome.drivers),
         )
 
+    def _summary(self, template: str, result: OutcomeAssessment, outcome: Outcome) -> str:
+        """What to do, in under 140 characters: the predictors present, then the action (assess the findings
+        nobody recorded, order the missing tests, review the abnormal results)."""
+        words = self.words
+        predictors = self.kb.predictors
+        examine = [p for p in result.unknown if self._finding(p).basis in _EXAMINE]
+        order = [p for p in result.unknown if p not in examine and self._orders(p)]
+        review = [p for p in result.present if predictors[p].order is not None]
+        lists = {
+            "present": [predictors[p].short for p in result.present],
+            "assess": [predictors[p].act or predictors[p].short for p in examine],
+            "order": [predictors[p].act or predictors[p].short for p in order],
+            "review": [predictors[p].act or predictors[p].short for p in review],
+        }
+
+        def action(shortened: Mapping[str, str]) -> str:
+            parts = [
+                template_.format(items=shortened[key])
+                for key, template_ in (
+                    ("assess", words.action_assess),
+                    ("order", words.action_order),
+                    ("review", words.action_review),
+                )
+                if lists[key]
+            ]
+            return words.action_separator.join(parts) or words.action_none
+
+        return fit_summary(
+            template,
+            lists,
+            {
+                "outcome": outcome.label,
+                "outcome_short": outcome.short,
+                "tier": words.indicator_labels[result.tier] if result.tier else "",
+            },
+            separator=words.list_separator,
+            more=words.more,
+            compose={"action": action},
+        )
+
     def screening_card(self) -> dict[str, Any]:
         wording = self.words.screening
         missing = self.kb.eligibility.screening_requires_unknown
-        pending = any(self.findings.predictors[p].basis == "pending" for p in missing if p in self.findings.predictors)
+        pending = any(self._finding(p).basis == "pending" for p in missing)
         status = [
-            f"**{self.kb.predictors[p].label}:** {self._basis_text(self.findings.predictors[p], p)}"
+            self.words.status_line.format(label=self.kb.predictors[p].label, text=self._basis_text(self._finding(p), p))
             for p in missing
-            if p in self.findings.predictors
         ]
         return self._card(
             "screening",
             fit_summary(wording.summary_pending if pending else wording.summary, {}, {}),
-            "\n\n".join([wording.detail, *status, self._evidence_block()]),
+            "\n\n".join([wording.detail, *status, self._closing()]),
             "info",
             missing,
             self._extension(None, "info", (), card_type="screening"),
@@ -140,7 +194,7 @@ class _Renderer:
         basis = self._eligibility_basis()
         if basis:
             blocks.append(basis)
-        blocks.append(self._evidence_block())
+        blocks.append(self._closing())
         return self._card(
             notice,
             fit_summary(wording.summary, {}, {}),
@@ -179,17 +233,35 @@ class _Renderer:
         return card
 
     # -- parts ---------------------------------------------------------------------------------------
+    def _finding(self, predictor_id: str) -> PredictorFinding:
+        found = self.findings.predictors.get(predictor_id)
+        return found if found is not None else PredictorFinding(id=predictor_id, state=State.UNKNOWN)
+
+    def _orders(self, predictor_id: str) -> bool:
+        return self.kb.predictors[predictor_id].order is not None and self._finding(predictor_id).basis not in (
+            _NO_REORDER
+        )
+
     def _uuid(self, name: str) -> str:
         return str(uuid.uuid5(_CARD_NAMESPACE, f"{self.context.hook_instance}/{name}"))
 
     def _source(self) -> dict[str, Any]:
         return {"label": self.kb.source.label, "url": self.kb.source.url}
 
+    def _evidence_url(self, anchor: str | None) -> str | None:
+        base = self.context.evidence_url
+        if not base:
+            return None
+        url = f"{base}?lang={self.language}" if self.language != SOURCE_LANGUAGE else base
+        return f"{url}#{anchor}" if anchor else url
+
     def _links(self, anchor: str | None) -> list[dict[str, Any]]:
-        if not self.context.evidence_url:
+        url = self._evidence_url(anchor)
+        if url is None:
             return []
-        url = f"{self.context.evidence_url}#{anchor}" if anchor else self.context.evidence_url
-        return [{"label": f"{self.words.evidence_heading}: {self.kb.source.label}", "url": url, "type": "absolute"}]
+        label = self.words.link_label.format(heading=self.words.evidence_heading, source=self.kb.source.label)
+        # CDS Hooks 2.0 spells it "autolaunchable"; HealthChain requires "autoLaunchable": both, never launched
+        return [{"label": label, "url": url, "type": "absolute", "autolaunchable": False, "autoLaunchable": False}]
 
     def _override_reasons(self) -> list[dict[str, str]]:
         system = self.words.override_reason_system
@@ -198,83 +270,53 @@ class _Renderer:
     def _risk_detail(self, result: OutcomeAssessment, outcome: Outcome) -> str:
         words = self.words
         headers = [h.format(outcome_short=outcome.short) for h in words.table_headers]
-        lines = [words.outcomes[result.outcome_id].intro, "", self._eligibility_basis(), ""]
-        lines.append("| " + " | ".join(headers) + " |")
-        lines.append("|" + "---|" * len(headers))
+        table = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         footnotes: list[str] = []
         for predictor_id in outcome.drivers:
             row = outcome.row_for(predictor_id)
             assert row is not None  # validated: every driver has a row
-            lines.append(self._table_row(predictor_id, row, footnotes))
-        blocks = ["\n".join(lines)]
-        if footnotes:
-            blocks.append("\n".join(footnotes))
-        row_predictors = [r.predictor for r in outcome.rows if r.predictor and r.predictor not in outcome.drivers]
-        examine = [p for p in (*result.unknown, *row_predictors) if self.findings.predictors[p].basis in _EXAMINE]
+            table.append(self._table_row(predictor_id, row, footnotes))
+        blocks = [f"{words.outcomes[result.outcome_id].intro} {self._eligibility_basis()}".strip(), "\n".join(table)]
+        blocks.extend(footnotes)  # each its own paragraph: CommonMark joins single newlines
+        if _BMI in outcome.drivers and self._finding(_BMI).state is not State.UNKNOWN:
+            blocks.append(self._bmi_context())
+        others = [r.predictor for r in outcome.rows if r.predictor and r.predictor not in outcome.drivers]
+        examine = [p for p in (*result.unknown, *others) if self._finding(p).basis in _EXAMINE]
         if examine:
-            blocks.append(
-                f"**{words.examine_heading}:** " + ", ".join(self.kb.predictors[p].label for p in examine) + "."
-            )
-        others_unknown = [p for p in result.unknown if p not in examine]
-        if others_unknown:
-            items = [
-                f"{self.kb.predictors[p].label} — {self._basis_text(self.findings.predictors[p], p)}"
-                for p in others_unknown
-            ]
-            blocks.append(f"**{words.not_assessed_heading}:** " + "; ".join(items) + ".")
-        others = [r for r in outcome.rows if r.predictor and r.predictor not in outcome.drivers]
-        if others:
-            parts = []
-            for row in others:
-                assert row.predictor is not None
-                state = words.state_labels[self.findings.state(row.predictor).value]
-                note = f" — {row.note}" if row.note else ""
-                parts.append(
-                    f"{self.kb.predictors[row.predictor].label}: {state} "
-                    f"(OR {row.published.odds_ratio}, P {row.published.p}){note}"
-                )
-            blocks.append(f"**{words.other_factors_heading}:** " + " · ".join(parts))
-        caveats = [
-            f"{self.kb.predictors[p].label}: {self.kb.predictors[p].caveat}"
-            for p in outcome.drivers
-            if self.kb.predictors[p].caveat
-        ]
-        if caveats:
-            blocks.append("\n".join(f"- {c}" for c in caveats))
-        defects = self._defects_for(outcome.row_for(p) for p in outcome.drivers)
-        if defects:
-            blocks.append(f"**{words.defects_heading}:**\n" + "\n".join(f"- {d}" for d in defects))
-        blocks.append(self._evidence_block(outcome))
+            items = words.list_separator.join(self.kb.predictors[p].act or self.kb.predictors[p].short for p in examine)
+            blocks.append(words.heading_line.format(heading=words.examine_heading, items=items))
+        blocks.append(self._closing(result.outcome_id))
         return "\n\n".join(blocks)
 
-    def _table_row(self, predictor_id: str, row: Row, footnotes: list[str]) -> str:
-        predictor = self.kb.predictors[predictor_id]
-        finding = self.findings.predictors[predictor_id]
-        state = self.words.state_labels[finding.state.value]
-        state_cell = f"**{state}**" if finding.state is State.PRESENT else state
-        rates = (
-            f"{row.exposed.events}/{row.exposed.n} ({_percent(row.exposed.rate)}) vs "
-            f"{row.reference.events}/{row.reference.n} ({_percent(row.reference.rate)})"
+    def _closing(self, anchor: str | None = None) -> str:
+        """One line of caveat, the link to the evidence page, and which knowledge base and language spoke."""
+        source = self.kb.source
+        url = self._evidence_url(anchor)
+        link = f" [{self.words.evidence_link}]({url})" if url else ""
+        produced = self.words.produced_by.format(
+            kb_label=source.id, kb_version=source.version, language=self.words.language_name
         )
-        published = row.published
-        marker = ""
-        if row.zero_cell and row.p_two_sided:
-            marker = _SUPERSCRIPTS[len(footnotes) % len(_SUPERSCRIPTS)]
-            footnotes.append(
-                f"{marker} {predictor.label}: "
-                + self.words.one_sided_footnote.format(p_two_sided=_p_with_relation(row.p_two_sided))
-                + (f" {row.note}" if row.note else "")
-            )
-        odds = f"{published.odds_ratio} ({published.ci_low} to {published.ci_high}){marker}"
-        cells = [
-            predictor.label,
-            state_cell,
-            self._value_cell(finding, predictor_id),
-            rates,
-            odds,
-            f"{published.p}{marker}",
-        ]
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return f"{source.caveat_short or source.caveat}{link}\n\n_{escape_markdown(produced)}_"
+
+    def _bmi_context(self) -> str:
+        """BMI for age (WHO) beside the paper's absolute cut-off: context, never the rule."""
+        finding = self._finding(_BMI)
+        measured = finding.effective
+        bmi = finding.value if isinstance(finding.value, float) else None
+        growth = bmi_for_age(
+            self.findings.sex,
+            self.findings.birth_date,
+            self.fmt.iso_date(measured),
+            bmi,
+        )
+        words = self.words
+        if growth.missing is not None or growth.z is None or growth.centile is None:
+            reason = words.bmi_for_age_reasons.get(growth.missing or "reference-error", growth.missing or "")
+            return words.bmi_for_age_missing.format(reason=reason)
+        reference = words.growth_references.get(growth.reference or "", growth.reference or "")
+        return words.bmi_for_age.format(
+            reference=reference, z=self.fmt.signed(growth.z), centile=self.fmt.centile(growth.centile)
+        )
 
     def _eligibility_basis(self) -> str:
         """What made the child eligible (or not yet): the anti-NXP2 result, the diagnosis, the age and how."""
@@ -285,7 +327,7 @@ class _Renderer:
             finding = self.findings.predictors.get(pid)
             if finding is None:
                 continue
-            date = escape_markdown(finding.effective[:10]) if finding.effective else words.undated
+            date = escape_markdown(self.fmt.date(finding.effective) or words.undated)
             source = escape_markdown(", ".join(finding.references[:2])) or "?"
             if finding.state is not State.PRESENT:
                 label = self.kb.predictors[pid].label
@@ -294,7 +336,7 @@ class _Renderer:
                 else:
                     parts.append(f"{label}: {self._basis_text(finding, pid)}")
             elif pid == rules.diagnosis:
-                display = next((s.code_display for s in finding.sources if s.code_display), None)
+                display = next((s.code_text for s in finding.sources if s.code_text), None)
                 parts.append(
                     words.basis_diagnosis.format(
                         diagnosis=escape_markdown(display or self.kb.predictors[pid].label), date=date, source=source
@@ -308,32 +350,81 @@ class _Renderer:
                     )
                 )
         age, basis = self.assessment.age_years, self.assessment.age_basis
-        if age is not None and basis in words.basis_age:
-            parts.append(words.basis_age[basis].format(age=age))
-        return f"**{words.basis_heading}:** " + "; ".join(parts) + "." if parts else ""
+        if age is not None and basis in ("onset", "diagnosis", "now"):
+            parts.append(words.basis_age[basis].format(age=age))  # type: ignore[index]
+        if not parts:
+            return ""
+        return words.heading_line.format(heading=words.basis_heading, items=words.item_separator.join(parts))
 
-    def _value_cell(self, finding: PredictorFinding, predictor_id: str) -> str:
+    def _table_row(self, predictor_id: str, row: Row, footnotes: list[str]) -> str:
+        predictor = self.kb.predictors[predictor_id]
+        finding = self._finding(predictor_id)
+        words = self.words
+        rates = words.rates.format(
+            exposed=self.fmt.percent(row.exposed.rate), reference=self.fmt.percent(row.reference.rate)
+        )
+        published = row.published
+        marker = ""
+        if row.zero_cell and row.p_two_sided:
+            marker = _SUPERSCRIPTS[len(footnotes) % len(_SUPERSCRIPTS)]
+            footnotes.append(
+                words.one_sided_footnote.format(
+                    marker=marker, predictor=predictor.short, p_two_sided=_p_with_relation(row.p_two_sided)
+                )
+            )
+        odds = words.odds.format(odds_ratio=published.odds_ratio, p=f"{published.p}{marker}")
+        cells = [predictor.short, self._patient_cell(finding, predictor_id), rates, odds]
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    def _patient_cell(self, finding: PredictorFinding, predictor_id: str) -> str:
+        words = self.words
+        state = words.state_labels[finding.state.value]
         if finding.state is State.UNKNOWN:
             return self._basis_text(finding, predictor_id)
-        shown = _value_display(finding)
-        date = f" ({escape_markdown(finding.effective[:10])})" if finding.effective else ""
-        basis = self._basis_text(finding, predictor_id)
-        if finding.basis == "reported" and shown:
-            if len(finding.sources) == 1 and finding.sources[0].value:
-                shown = escape_markdown(_as_reported(finding.sources[0]))
-            return f"{shown}{date}"
-        return f"{shown}{date}, {basis}" if shown else f"{basis}{date}"
+        shown = state if finding.state is not State.PRESENT else f"**{state}**"
+        value = self._value_shown(finding)
+        dated = False
+        if finding.basis not in ("reported", "computed") and not value:
+            value = self._basis_text(finding, predictor_id)
+            dated = "{date}" in self.words.basis.get(finding.basis, "")
+        date = None if dated else self.fmt.date(finding.effective)
+        if value and date:
+            value = words.value_date.format(value=value, date=escape_markdown(date))
+        elif date:
+            value = escape_markdown(date)
+        return words.state_value.format(state=shown, value=value) if value else shown
+
+    def _value_shown(self, finding: PredictorFinding) -> str:
+        """The deciding value as the laboratory reported it, normalised beside (1100 pmol/L = 489.5 ng/mL)."""
+        if len(finding.sources) == 1 and finding.sources[0].value and finding.basis == "reported":
+            return escape_markdown(self._as_reported(finding.sources[0]))
+        value = finding.value
+        if value is None or isinstance(value, bool):
+            return ""
+        if isinstance(value, float):
+            unit = f" {finding.unit}" if finding.unit and not finding.unit.startswith("{") else ""
+            return escape_markdown(f"{self.fmt.number(value)}{unit}")
+        return escape_markdown(str(value))
+
+    def _as_reported(self, source: Source) -> str:
+        recorded = source.value or ""
+        normalised, unit = source.normalised_value, source.normalised_unit
+        if normalised is None or not unit or not recorded or (source.unit or "") == unit:
+            return recorded
+        shown = self.fmt.number(normalised)
+        return f"{recorded} = {shown} {unit}" if not unit.startswith("{") else f"{recorded} = {shown}"
 
     def _basis_text(self, finding: PredictorFinding, predictor_id: str) -> str:
         template = self.words.basis.get(finding.basis, finding.basis)
+        label = self.kb.predictors[predictor_id].label
         sources = ", ".join(
-            escape_markdown(f"{s.code_display or s.concept} {_as_reported(s)}".strip()) for s in finding.sources
+            escape_markdown(f"{s.code_text or label} {self._as_reported(s)}".strip()) for s in finding.sources
         )
         predictor = self.kb.predictors[predictor_id]
         rule = predictor.rule
         detail = finding.basis_detail
         days = detail.get("lookback_days") or (str(rule.lookback_days) if rule.lookback_days else "")
-        date = escape_markdown(finding.effective[:10]) if finding.effective else "?"
+        date = escape_markdown(self.fmt.date(finding.effective) or self.words.undated)
         minutes = int(detail.get("gap_minutes", "0"))
         gap = (
             self.words.gap_hours.format(n=max(1, round(minutes / 60)))
@@ -349,47 +440,30 @@ class _Renderer:
             gap=gap,
         )
 
-    def _defects_for(self, rows: Iterable[Row | None]) -> list[str]:
-        seen: list[str] = []
-        for row in rows:
-            if row is None:
-                continue
-            for defect in row.defects:
-                if defect not in seen:
-                    seen.append(defect)
-        return [f"{self.kb.defects[d].title}: {self.kb.defects[d].text}" for d in seen]
-
-    def _evidence_block(self, outcome: Outcome | None = None) -> str:
-        source = self.kb.source
-        table = f" ({outcome.table})" if outcome else ""
-        return (
-            f"**{self.words.evidence_heading}:** {source.caveat} {source.cohort} "
-            f"Source{table}: {source.citation} https://doi.org/{source.doi}"
-        )
-
     def _suggestions(self, card_uuid: str, predictor_ids: Iterable[str]) -> list[dict[str, Any]]:
         suggestions = []
         for predictor_id in predictor_ids:
             predictor = self.kb.predictors[predictor_id]
-            finding = self.findings.predictors.get(predictor_id)
-            if predictor.order is None or (finding is not None and finding.basis in _NO_REORDER):
+            if not self._orders(predictor_id) or predictor.order is None:
                 continue
             suggestions.append(
                 {
                     "label": self.words.suggestion_label.format(test=predictor.test),
                     "uuid": str(uuid.uuid5(uuid.UUID(card_uuid), predictor_id)),
+                    "isRecommended": False,
                     "actions": [
                         {
                             "type": "create",
                             "description": predictor.order.text,
-                            "resource": self._service_request(predictor_id, predictor),
+                            "resource": self._service_request(predictor_id),
                         }
                     ],
                 }
             )
         return suggestions
 
-    def _service_request(self, predictor_id: str, predictor: Predictor) -> dict[str, Any]:
+    def _service_request(self, predictor_id: str) -> dict[str, Any]:
+        predictor = self.kb.predictors[predictor_id]
         order = predictor.order
         assert order is not None
         code: dict[str, Any] = {"text": order.text}
@@ -398,15 +472,18 @@ class _Renderer:
             if order.display:
                 coding["display"] = order.display
             code["coding"] = [coding]
+        words = self.words
         outcomes = [self.kb.outcomes[o].label.lower() for o in self.kb.outcome_ids_driven_by(predictor_id)]
         lookback = predictor.rule.lookback_days
-        finding = self.findings.predictors.get(predictor_id)
-        if finding is None or finding.basis == "no-data":
-            why = self.words.lookback_text.format(days=lookback) if lookback else self.words.lookback_unlimited_text
+        finding = self._finding(predictor_id)
+        if finding.basis == "no-data":
+            why = words.lookback_text.format(days=lookback) if lookback else words.lookback_unlimited_text
         else:
-            why = html.unescape(self._basis_text(finding, predictor_id).replace("\\", ""))  # plain text, not markdown
-        reason = self.words.suggestion_reason.format(
-            outcomes=" and ".join(outcomes) if outcomes else "eligibility", why=why
+            why = html.unescape(self._basis_text(finding, predictor_id).replace("\\", ""))  # plain text
+        reason = (
+            words.suggestion_reason.format(outcomes=words.outcome_joiner.join(outcomes), why=why)
+            if outcomes
+            else words.suggestion_reason_eligibility.format(why=why)
         )
         resource: dict[str, Any] = {
             "resourceType": "ServiceRequest",
@@ -435,7 +512,11 @@ class _Renderer:
             "cardType": card_type,
             "outcome": outcome_id,
             "tier": tier,
-            "knowledgeBase": {"id": self.kb.source.id, "version": self.kb.source.version},
+            "knowledgeBase": {
+                "id": self.kb.source.id,
+                "version": self.kb.source.version,
+                "language": self.language,
+            },
             "evaluatedAt": findings.evaluated_at.isoformat().replace("+00:00", "Z"),
             "eligibility": {
                 "eligible": assessment.eligible,
@@ -445,7 +526,7 @@ class _Renderer:
                 "ageBasis": assessment.age_basis,
             },
             "drivers": list(drivers),
-            "predictors": [_predictor_json(findings.predictors[p], p in drivers) for p in PREDICTOR_IDS],
+            "predictors": [_predictor_json(self._finding(p), p in drivers) for p in PREDICTOR_IDS],
             "counts": {
                 "resourcesSeen": findings.resources_seen,
                 "resourcesUsed": findings.resources_used,
@@ -454,45 +535,11 @@ class _Renderer:
         }
 
 
-_SUPERSCRIPTS = ("¹", "²", "³", "⁴", "⁵", "⁶", "⁷", "⁸", "⁹")
-_EXAMINE = frozenset({"not-recorded", "suspected"})
-"""Clinical findings nobody recorded either way: the card asks the clinician to examine for them now."""
-_NO_REORDER = frozenset({"pending"})
-"""A result on its way: no repeat order is suggested."""
-
-
-def _as_reported(source: Source) -> str:
-    """The value as the laboratory reported it, with the normalised value beside it when the unit differs:
-    ``"1100 pmol/L = 489.5 ng/mL"``."""
-    recorded = source.value or ""
-    normalised, unit = source.normalised_value, source.normalised_unit
-    if normalised is None or not unit or not recorded or (source.unit or "") == unit:
-        return recorded
-    shown = f"{normalised:.1f}" if abs(normalised) >= 10 else f"{normalised:.2f}"
-    return f"{recorded} = {shown} {unit}" if not unit.startswith("{") else f"{recorded} = {shown}"
-
-
 def _p_with_relation(printed: str) -> str:
     """``"0.0082"`` → ``"= 0.0082"``; ``"<.0001"`` → ``"< .0001"``."""
     if printed[:1] in "<>":
         return f"{printed[0]} {printed[1:].strip()}"
     return f"= {printed}"
-
-
-def _percent(rate: float) -> str:
-    return f"{rate * 100:.0f}%"
-
-
-def _value_display(finding: PredictorFinding) -> str:
-    value = finding.value
-    if value is None or isinstance(value, bool):
-        return ""
-    if isinstance(value, float):
-        shown = f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
-        return escape_markdown(
-            f"{shown} {finding.unit}" if finding.unit and not finding.unit.startswith("{") else shown
-        )
-    return escape_markdown(str(value))
 
 
 def _predictor_json(finding: PredictorFinding, drives: bool) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def _settings() -> Settings:
 
 def _engine(settings: Settings) -> Engine:
     try:
-        return Engine.load(settings.knowledge_file, settings.mappings.local_codes)
+        return Engine.load(settings.knowledge_file, settings.mappings.local_codes, language=settings.cards.language)
     except KnowledgeError as exc:
         _fail(str(exc))
         raise  # unreachable

@@ -8,6 +8,7 @@ run exactly the same code. It does no I/O after construction and never reads the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,28 @@ from fhir_mappings import (
 from fhir_mappings.units import warm_up
 
 from .cards import CardContext, render_cards
+from .growth import load_references
+from .i18n import SOURCE_LANGUAGE, LanguageError, available_languages, translate_knowledge
 from .knowledge import KnowledgeBase, KnowledgeError, load_knowledge
 from .risk import Assessment, assess
 
 
 class Engine:
-    def __init__(self, knowledge: KnowledgeBase, terminology: Terminology) -> None:
+    def __init__(self, knowledge: KnowledgeBase, terminology: Terminology, language: str = SOURCE_LANGUAGE) -> None:
         knowledge.check_terminology(terminology)
         self.knowledge = knowledge
+        self.languages: tuple[str, ...] = available_languages()
+        if language not in self.languages:
+            raise KnowledgeError(f"[cards] language {language!r}: no message catalog (available: {self.languages})")
+        self.language = language
+        """The site's default language."""
+        try:
+            self.translated: dict[str, KnowledgeBase] = {
+                lang: translate_knowledge(knowledge, lang) for lang in self.languages
+            }
+        except (LanguageError, ValueError) as exc:
+            raise KnowledgeError(f"message catalogs: {exc}") from exc
+        """The knowledge base in every language, made once at start-up."""
         self.terminology = terminology
         self.rules: MappingRules = knowledge.mapping_rules()
         self.units = UnitConverter(self.rules.data.unit_aliases)
@@ -48,6 +63,11 @@ class Engine:
         )
         """The predictors that decide whether any card is possible: evaluated first (the early exit)."""
         warm_up()
+        load_references()  # the WHO growth tables (BMI for age), once per process
+
+    def knowledge_for(self, language: str | None) -> KnowledgeBase:
+        """The knowledge base in ``language`` (the site's default when ``None`` or unsupported)."""
+        return self.translated.get(language or self.language, self.translated[self.language])
 
     @classmethod
     def load(
@@ -55,6 +75,7 @@ class Engine:
         knowledge_file: Path | None = None,
         local_codes: Mapping[str, list[str]] | None = None,
         valueset_dir: Path | None = None,
+        language: str = SOURCE_LANGUAGE,
     ) -> Engine:
         """Load and validate everything; raises :class:`KnowledgeError` naming the file and field."""
         knowledge = load_knowledge(knowledge_file)
@@ -64,7 +85,7 @@ class Engine:
             )
         except TerminologyError as exc:
             raise KnowledgeError(str(exc)) from exc
-        return cls(knowledge, terminology)
+        return cls(knowledge, terminology, language)
 
     def unmapped_by_code(self) -> dict[str, str]:
         """Predictors read from Observations whose value sets hold no code at all (not even a site's local code):
@@ -90,4 +111,9 @@ class Engine:
         return assess(chart.findings(), self.knowledge)
 
     def cards(self, assessment: Assessment, context: CardContext) -> list[dict[str, Any]]:
-        return render_cards(assessment, self.knowledge, context)
+        """The cards in ``context.language`` (the site's default when that has no catalog)."""
+        language = context.language if context.language in self.translated else self.language
+        if language != context.language:
+            context = replace(context, language=language)
+        assert language is not None
+        return render_cards(assessment, self.translated[language], context)

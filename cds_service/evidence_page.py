@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from flask import Blueprint, Response, current_app, render_template
+from flask import Blueprint, Response, current_app, render_template, request
 from markupsafe import Markup
 
 from . import __version__
 from .evidence import Verification, verify
+from .i18n import negotiate
 from .knowledge import KnowledgeBase, Outcome, Row
 
 bp = Blueprint("evidence", __name__, template_folder="templates")
@@ -52,8 +53,8 @@ def forest_plot(outcome_id: str, outcome: Outcome, knowledge: KnowledgeBase) -> 
         f'<svg xmlns="http://www.w3.org/2000/svg" class="forest" data-outcome="{outcome_id}" '
         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
         f'aria-labelledby="{outcome_id}-plot-title">',
-        f'<title id="{outcome_id}-plot-title">{escape(outcome.label)}: odds ratios with 95% confidence intervals'
-        "</title>",
+        f'<title id="{outcome_id}-plot-title">'
+        f"{escape(knowledge.wording.evidence_page.plot_title.format(outcome=outcome.label))}</title>",
     ]
     one = _x(1.0)
     bottom = _TOP + len(rows) * _ROW_HEIGHT
@@ -65,7 +66,7 @@ def forest_plot(outcome_id: str, outcome: Outcome, knowledge: KnowledgeBase) -> 
         parts.append(f'<text class="tick-label" x="{x:.1f}" y="{bottom + 18}" text-anchor="middle">{label}</text>')
     parts.append(
         f'<text class="axis-label" x="{_LABEL_WIDTH + _PLOT_WIDTH / 2:.1f}" y="{bottom + 36}" '
-        'text-anchor="middle">odds ratio (log scale)</text>'
+        f'text-anchor="middle">{escape(knowledge.wording.evidence_page.axis_label)}</text>'
     )
     for index, row in enumerate(rows):
         parts.append(_plot_row(index, row, row.predictor in outcome.drivers, knowledge))
@@ -79,8 +80,13 @@ def _plot_row(index: int, row: Row, driver: bool, knowledge: KnowledgeBase) -> s
     odds, low, high = (_number(v) for v in (row.published.odds_ratio, row.published.ci_low, row.published.ci_high))
     x_low, x_high, x_or = _x(low), _x(high), _x(odds)
     title = escape(
-        f"{label}: OR {row.published.odds_ratio} (95% CI {row.published.ci_low} to {row.published.ci_high}), "
-        f"P {row.published.p}"
+        knowledge.wording.evidence_page.mark_title.format(
+            label=label,
+            odds_ratio=row.published.odds_ratio,
+            ci_low=row.published.ci_low,
+            ci_high=row.published.ci_high,
+            p=row.published.p,
+        )
     )
     kind = "driver" if driver else "other"
     out = [
@@ -106,7 +112,12 @@ def _rate(events: int, n: int) -> str:
     return f"{events}/{n} ({events / n * 100:.0f}%)"
 
 
-def render(knowledge: KnowledgeBase, verification: Verification) -> str:
+def render(
+    knowledge: KnowledgeBase,
+    verification: Verification,
+    language: str = "en",
+    languages: Sequence[tuple[str, str]] = (),
+) -> str:
     checked = {(c.outcome_id, c.row.row): c for c in verification.rows}
     outcomes: list[dict[str, Any]] = []
     for outcome_id, outcome in knowledge.outcomes.items():
@@ -131,7 +142,7 @@ def render(knowledge: KnowledgeBase, verification: Verification) -> str:
                 "plot": forest_plot(outcome_id, outcome, knowledge),
                 "rows": rows,
                 "drivers": [knowledge.predictors[p].label for p in outcome.drivers],
-                "tiers": tier_rules_text(outcome),
+                "tiers": tier_rules_text(outcome, knowledge),
             }
         )
     two_sided_ok, two_sided_total = verification.two_sided
@@ -144,34 +155,52 @@ def render(knowledge: KnowledgeBase, verification: Verification) -> str:
         two_sided_total=two_sided_total,
         version=__version__,
         wording=knowledge.wording,
+        ep=knowledge.wording.evidence_page,
+        language=language,
+        languages=languages,
     )
 
 
 @bp.get("/evidence")
 def page() -> Response:
-    html: bytes | None = current_app.extensions.get("nxp2_cds_evidence_html")
+    """The evidence page in the language ``?lang=`` names, else the one ``Accept-Language`` asks for, else the
+    site's; rendered once per language."""
+    rt = current_app.extensions["nxp2_cds"]
+    engine = rt.engine
+    asked = request.args.get("lang", "")
+    language: str = (
+        asked
+        if asked in engine.languages
+        else negotiate(list(request.accept_languages), engine.languages, engine.language)
+    )
+    cache: dict[str, bytes] = current_app.extensions.setdefault("nxp2_cds_evidence_html", {})
+    html = cache.get(language)
     if html is None:
-        knowledge: KnowledgeBase = current_app.extensions["nxp2_cds"].engine.knowledge
-        html = render(knowledge, verify(knowledge)).encode()
-        current_app.extensions["nxp2_cds_evidence_html"] = html
+        knowledge: KnowledgeBase = engine.knowledge_for(language)
+        names = [(lang, engine.knowledge_for(lang).wording.language_name) for lang in engine.languages]
+        html = render(knowledge, verify(knowledge), language, names).encode()
+        cache[language] = html
     response = Response(html, mimetype="text/html")
+    response.vary.add("Accept-Language")
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
 
 
-def tier_rules_text(outcome: Outcome) -> Sequence[str]:
-    """The tier rules of an outcome, in words."""
+def tier_rules_text(outcome: Outcome, knowledge: KnowledgeBase) -> Sequence[str]:
+    """The tier rules of an outcome, in words (the knowledge base's, in its language)."""
+    words = knowledge.wording.evidence_page
+    labels = knowledge.wording.indicator_labels
     lines = []
     for rule in outcome.tiers:
         conditions = []
         if rule.min_present:
-            kind = " significant two-sided (P < 0.05)" if rule.count == "significant" else ""
-            plural = "s" if rule.min_present > 1 else ""
-            conditions.append(f"at least {rule.min_present}{kind} predictor{plural} present")
+            template = words.tier_rule_significant if rule.count == "significant" else words.tier_rule_present
+            conditions.append(template.format(n=rule.min_present))
         if rule.min_unknown:
-            conditions.append(f"at least {rule.min_unknown} not assessed")
-        lines.append(f"{rule.tier}: {' and '.join(conditions) or 'always'}")
-    lines.append("no card: every predictor absent")
+            conditions.append(words.tier_rule_unknown.format(n=rule.min_unknown))
+        rules = words.tier_rule_and.join(conditions) or words.tier_rule_always
+        lines.append(words.tier_line.format(tier=labels[rule.tier], rules=rules))
+    lines.append(words.tier_no_card)
     return lines

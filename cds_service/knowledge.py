@@ -59,6 +59,8 @@ class SourceInfo(_Model):
     cohort: str
     method: str
     caveat: str
+    caveat_short: str = ""
+    """One line for the cards; the full caveat is on the evidence page."""
 
 
 class Eligibility(_Model):
@@ -90,6 +92,8 @@ class OrderSpec(_Model):
 class Predictor(_Model):
     label: str
     short: str
+    act: str | None = None
+    """The predictor as an action's object in a summary ("assess **edema**", "order **CD4/CD8**")."""
     test: str
     caveat: str | None = None
     pair_label: str | None = None
@@ -271,20 +275,80 @@ class ServiceWording(_Model):
     usage_requirements: str
 
 
+class EvidencePageWording(_Model):
+    """Every word of the evidence page (``/evidence``)."""
+
+    title: str
+    heading: str
+    knowledge_base: str
+    read_first: str
+    cohort_heading: str
+    verification: str
+    rules_heading: str
+    outcome_counts: str
+    drivers: str
+    tiers: str
+    why_tiers: str
+    tier_rule_present: str
+    tier_rule_significant: str
+    tier_rule_unknown: str
+    tier_rule_always: str
+    tier_rule_and: str
+    tier_no_card: str
+    forest_caption: str
+    table_headers: tuple[str, str, str, str, str, str, str]
+    sets_tier: str
+    one_sided: str
+    reproduced_yes: str
+    reproduced_no: str
+    defects_heading: str
+    bmi_note: str
+    footer: str
+    languages: str
+    tier_line: str
+    tier_separator: str
+    confidence_interval: str
+    plot_title: str
+    axis_label: str
+    mark_title: str
+
+
 class Wording(_Model):
+    language_name: str
     indicator_labels: dict[Tier, str]
     state_labels: dict[Literal["present", "absent", "unknown"], str]
     override_reason_system: str
-    not_assessed_heading: str
-    other_factors_heading: str
-    defects_heading: str
     evidence_heading: str
-    table_headers: tuple[str, str, str, str, str, str]
+    evidence_link: str
+    table_headers: tuple[str, str, str, str]
+    rates: str
+    odds: str
+    state_value: str
+    value_date: str
     one_sided_footnote: str
+    list_separator: str
+    item_separator: str
+    more: str
+    heading_line: str
+    status_line: str
+    link_label: str
+    action_separator: str
+    action_assess: str
+    action_order: str
+    action_review: str
+    action_none: str
     suggestion_label: str
     suggestion_reason: str
+    outcome_joiner: str
+    suggestion_reason_eligibility: str
     lookback_text: str
     lookback_unlimited_text: str
+    produced_by: str
+    bmi_for_age: str
+    bmi_for_age_missing: str
+    bmi_for_age_reasons: dict[str, str]
+    growth_references: dict[str, str]
+    evidence_page: EvidencePageWording
     basis_heading: str
     basis_antibody: str
     basis_diagnosis: str

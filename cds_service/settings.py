@@ -120,6 +120,12 @@ class MappingSettings(_Section):
     """Predictor id (its first value set) or value set id → ``["system|code", …]``."""
 
 
+class CardSettings(_Section):
+    language: str = "en"
+    """The site's language for cards, discovery and the evidence page (``en`` or ``zh-CN``); a request's
+    ``Accept-Language`` may choose another supported one."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="NXP2_CDS_",
@@ -141,6 +147,7 @@ class Settings(BaseSettings):
     cors: CorsSettings = CorsSettings()
     mappings: MappingSettings = MappingSettings()
     server: ServerSettings = ServerSettings()
+    cards: CardSettings = CardSettings()
 
     @field_validator("public_base_url")
     @classmethod

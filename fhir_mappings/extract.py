@@ -580,6 +580,7 @@ class _Run:
             unit=unit,
             normalised_value=normalised,
             normalised_unit=normalised_unit,
+            code_text=texts[0] if texts else None,
         )
 
     # -- readers ---------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ class Source:
     unit: str | None
     normalised_value: float | None = None
     normalised_unit: str | None = None
+    code_text: str | None = None
+    """The record's own name for the code (``code.text`` or a ``coding.display``); ``None`` when it has none
+    (``code_display`` then falls back to the value set's title)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ def make_app(tmp_path: Path, engine: Engine) -> Iterator[AppFactory]:
         recorder = CardRecorder(store)
         stores.append(store)
         recorders.append(recorder)
-        shared = None if {"mappings", "knowledge_file"} & set(overrides) else engine
+        shared = None if {"mappings", "knowledge_file", "cards"} & set(overrides) else engine
         return create_app(settings, engine=shared, store=store, recorder=recorder, clock=clock, migrate=True)
 
     yield build

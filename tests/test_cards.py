@@ -44,9 +44,11 @@ def fatal(engine: Engine) -> list[dict[str, Any]]:
 
 
 def test_summary_names_outcome_tier_and_present_predictors(fatal: list[dict[str, Any]]) -> None:
-    """The GI card's summary names the outcome, the tier and each present predictor."""
+    """The GI card's summary names the outcome at its tier, each present predictor, and what to do next."""
     summary = by_outcome(fatal)["gi_perforation_death"]["summary"]
-    assert summary == "GI perforation/death risk (critical): BMI < 15, edema, skin ulcer, dysphagia/hoarseness"
+    assert summary == (
+        "High GI perforation/death risk: BMI < 15, edema, skin ulcer, dysphagia/hoarseness — order ANA; review BMI"
+    )
 
 
 def test_indicator_is_the_tier(fatal: list[dict[str, Any]]) -> None:
@@ -121,29 +123,28 @@ def test_extension_marks_the_cards_drivers(fatal: list[dict[str, Any]]) -> None:
 
 
 def test_detail_quotes_the_evidence_and_the_caveat(fatal: list[dict[str, Any]]) -> None:
-    """The detail has the predictor table with the cohort's counts, OR and P, and the evidence caveat."""
+    """The detail has the predictor table with the cohort's rates, OR and P as published, and one line of caveat;
+    the counts, confidence intervals and method are on the evidence page."""
     detail = by_outcome(fatal)["gi_perforation_death"]["detail"]
-    assert "| Edema | **present** |" in detail
-    assert "4/8 (50%) vs 0/17 (0%)" in detail
-    assert "17.062 (2.562 to >999.999)" in detail
-    assert "not a validated or multivariable risk score" in detail
+    assert "| edema | **present** · active condition" in detail
+    assert "| 50% vs 0% | 17.062 (0.0055¹) |" in detail
+    assert "a prompt for review, not a validated score" in detail
 
 
 def test_detail_says_dysphagia_death_p_is_one_sided(fatal: list[dict[str, Any]]) -> None:
     """The GI card footnotes that dysphagia's P is one-sided and 0.091 two-sided."""
     detail = by_outcome(fatal)["gi_perforation_death"]["detail"]
-    assert "Dysphagia / hoarseness / lower voice: one-sided" in detail
-    assert "two-sided P = 0.0913" in detail
-    assert "0.091, not significant" in detail
+    assert "| dysphagia/hoarseness | **present** · active condition" in detail
+    assert "6.439 (0.0457³)" in detail
+    assert "³ one-sided P; two-sided P = 0.0913." in detail
 
 
 def test_detail_lists_what_was_not_assessed(fatal: list[dict[str, Any]]) -> None:
     """Predictors that could not be assessed are listed as such, never as absent: labs with their reason, an
     examination nobody recorded as one to do at this visit."""
     detail = by_outcome(fatal)["refractory"]["detail"]
-    assert "**Not assessed:** CD4/CD8 ratio < 1.4 — no result on record;" in detail
-    assert "**Examine at this visit:** Proximal muscle strength ≤ grade 3" in detail
-    assert "| CD4/CD8 ratio < 1.4 | not assessed |" in detail
+    assert "| CD4/CD8 < 1.4 | no result on record |" in detail
+    assert "**Examine at this visit:** muscle strength" in detail
 
 
 def test_values_from_the_record_are_escaped(engine: Engine) -> None:
@@ -196,8 +197,24 @@ def test_evidence_link_when_the_page_url_is_known(engine: Engine) -> None:
     )
     label = "Evidence: Wang et al. 2020 · anti-NXP2 JDM cohort (n = 26)"
     assert [c["links"] for c in cards] == [
-        [{"label": label, "url": "https://cds.example.org/evidence#refractory", "type": "absolute"}],
-        [{"label": label, "url": "https://cds.example.org/evidence#gi_perforation_death", "type": "absolute"}],
+        [
+            {
+                "label": label,
+                "url": "https://cds.example.org/evidence#refractory",
+                "type": "absolute",
+                "autolaunchable": False,
+                "autoLaunchable": False,
+            }
+        ],
+        [
+            {
+                "label": label,
+                "url": "https://cds.example.org/evidence#gi_perforation_death",
+                "type": "absolute",
+                "autolaunchable": False,
+                "autoLaunchable": False,
+            }
+        ],
     ]
 
 
@@ -238,4 +255,4 @@ def test_ulcer_recorded_as_snomed_finding_in_detail(engine: Engine) -> None:
             obs("46742003", system=SCT, when="2026-11-20", valueBoolean=True),
         ],
     )
-    assert "recorded as an examination finding (2026-11-20)" in by_outcome(cards)["refractory"]["detail"]
+    assert "**present** · examination finding (Nov 20, 2026)" in by_outcome(cards)["refractory"]["detail"]

@@ -60,10 +60,14 @@ MUSCLE_LOCAL: dict[str, list[str]] = {"muscle_strength_le_3": [f"{LOCAL}|{MUSCLE
 """A site's flowsheet row for proximal muscle strength (no standard code exists)."""
 
 NXP2_DATE = "2026-05-02"
+NXP2_SHOWN = "May 2, 2026"
+"""NXP2_DATE as an English card writes it."""
 NXP2_WHEN = f"{NXP2_DATE}T08:00:00Z"
 EXAM_DATE = "2026-11-01"
+EXAM_SHOWN = "Nov 1, 2026"
+"""EXAM_DATE as an English card writes it."""
 LAB_DATE = "2026-11-10"
-EXAMINE_DRIVERS = "Examine at this visit: Edema, Skin ulcer, Dysphagia / hoarseness / lower voice"
+EXAMINE_DRIVERS = "Examine at this visit: edema, skin ulcer, swallowing/voice"
 
 
 # -- the chart, as feeds write it ------------------------------------------------------------------------
@@ -211,7 +215,7 @@ ANTI_NXP2: list[Variation] = [
         [child(), jdm(), edema(), skin_ulcer(), myositis_panel("A", "阳性", mda5_value="阴性")],
         {"anti_nxp2_positive": "present", "edema": "present", "skin_ulcer": "present"},
         risk("warning", "critical"),
-        says=(f"Why this card: anti-NXP2 阳性 ({NXP2_DATE}",),
+        says=(f"Why this card: anti-NXP2 阳性 ({NXP2_SHOWN}",),
         values={"anti_nxp2_positive": "阳性"},
     ),
     V(
@@ -234,7 +238,7 @@ ANTI_NXP2: list[Variation] = [
             [child(), jdm(), nxp2(text=name)],
             {"anti_nxp2_positive": "present"},
             risk("info", "info"),
-            says=(f"anti-NXP2 阳性 ({NXP2_DATE}",),
+            says=(f"anti-NXP2 阳性 ({NXP2_SHOWN}",),
         )
         for slug, name in [
             ("chinese_nxp2", "抗NXP2抗体"),
@@ -258,7 +262,7 @@ ANTI_NXP2: list[Variation] = [
             [child(), jdm(), nxp2({"valueString": value})],
             {"anti_nxp2_positive": "present"},
             risk("info", "info"),
-            says=(f"anti-NXP2 {value} ({NXP2_DATE}",),
+            says=(f"anti-NXP2 {value} ({NXP2_SHOWN}",),
             values={"anti_nxp2_positive": value},
         )
         for slug, value in [
@@ -297,8 +301,8 @@ ANTI_NXP2: list[Variation] = [
             [child(), jdm(), nxp2({"valueString": value})],
             {"anti_nxp2_positive": "unknown"},
             SCREENING,
-            says=(f"latest result equivocal ({NXP2_DATE}): repeat the test",),
-            reasons=(f"latest result equivocal ({NXP2_DATE}): repeat the test",),
+            says=(f"equivocal ({NXP2_SHOWN}): repeat",),
+            reasons=(f"equivocal ({NXP2_SHOWN}): repeat",),
             ordered=("anti_nxp2_positive",),
             basis={"anti_nxp2_positive": "equivocal"},
         )
@@ -315,7 +319,7 @@ ANTI_NXP2: list[Variation] = [
         [child(), jdm(), nxp2(qty(25, "U/mL", ucum=False), referenceRange=[{"high": {"value": 10, "unit": "U/mL"}}])],
         {"anti_nxp2_positive": "present"},
         risk("info", "info"),
-        says=(f"anti-NXP2 25 U/mL ({NXP2_DATE}",),
+        says=(f"anti-NXP2 25 U/mL ({NXP2_SHOWN}",),
     ),
     V(
         "quantity_within_reference_range_high",
@@ -346,7 +350,7 @@ ANTI_NXP2: list[Variation] = [
         [child(), jdm(), nxp2({"valueString": ">1000"}, referenceRange=[{"high": {"value": 20}}])],
         {"anti_nxp2_positive": "present"},
         risk("info", "info"),
-        says=(f"anti-NXP2 >1000 ({NXP2_DATE}",),
+        says=(f"anti-NXP2 >1000 ({NXP2_SHOWN}",),
     ),
     V(
         "nmp22_is_not_nxp2",
@@ -374,7 +378,7 @@ ANTI_NXP2: list[Variation] = [
         {"anti_nxp2_positive": "unknown"},
         SCREENING,
         basis={"anti_nxp2_positive": "conflicting"},
-        says=("conflicting results on 2026-10-01: review them",),
+        says=("conflicting results on Oct 1, 2026: review",),
     ),
     V(
         "preliminary_result",
@@ -384,7 +388,7 @@ ANTI_NXP2: list[Variation] = [
         SCREENING,
         basis={"anti_nxp2_positive": "pending"},
         skipped=("observation-status-preliminary",),
-        says=("anti-NXP2 result pending", "preliminary result of 2026-11-20, pending"),
+        says=("anti-NXP2 result pending", "preliminary result of Nov 20, 2026, pending"),
         never_says=("no result on record",),
         not_ordered=("anti_nxp2_positive",),
     ),
@@ -396,7 +400,7 @@ ANTI_NXP2: list[Variation] = [
         SCREENING,
         basis={"anti_nxp2_positive": "pending"},
         skipped=("observation-status-registered",),
-        says=("preliminary result of 2026-11-22, pending",),
+        says=("preliminary result of Nov 22, 2026, pending",),
         not_ordered=("anti_nxp2_positive",),
     ),
     V(
@@ -405,7 +409,7 @@ ANTI_NXP2: list[Variation] = [
         [child(), jdm(), nxp2(), nxp2({"valueString": "阴性"}, status="preliminary", when="2026-11-20T09:00:00Z")],
         {"anti_nxp2_positive": "present"},
         risk("info", "info"),
-        says=(f"anti-NXP2 阳性 ({NXP2_DATE}",),
+        says=(f"anti-NXP2 阳性 ({NXP2_SHOWN}",),
         skipped=("observation-status-preliminary",),
     ),
 ]
@@ -417,7 +421,7 @@ CONDITIONS: list[Variation] = [
         eligible(edema()),
         {"edema": "present"},
         risk("warning", "warning"),
-        says=("Refractory JDM risk (warning): edema", f"recorded as an active condition ({EXAM_DATE})"),
+        says=("Refractory JDM risk: edema", f"active condition ({EXAM_SHOWN})"),
         basis={"edema": "condition"},
     ),
     V(
@@ -426,7 +430,7 @@ CONDITIONS: list[Variation] = [
         eligible(skin_ulcer(clinical="relapse", verification=None)),
         {"skin_ulcer": "present"},
         risk("warning", "warning"),
-        says=("GI perforation/death risk (warning): skin ulcer",),
+        says=("GI perforation/death risk: skin ulcer",),
     ),
     *[
         V(
@@ -437,8 +441,8 @@ CONDITIONS: list[Variation] = [
             risk("info", "info"),
             basis={"edema": "suspected"},
             says=(
-                f"suspected only ({EXAM_DATE}, unconfirmed): examine for it at this visit",
-                "Examine at this visit: Edema",
+                f"suspected only ({EXAM_SHOWN}): examine",
+                "Examine at this visit: edema",
             ),
         )
         for status in ("unconfirmed", "provisional", "differential")
@@ -450,7 +454,7 @@ CONDITIONS: list[Variation] = [
         {"edema": "absent"},
         risk("info", "info"),
         basis={"edema": "condition-refuted"},
-        says=(f"recorded as ruled out ({EXAM_DATE})",),
+        says=(f"recorded as ruled out ({EXAM_SHOWN})",),
     ),
     *[
         V(
@@ -460,7 +464,7 @@ CONDITIONS: list[Variation] = [
             {"edema": "absent"},
             risk("info", "info"),
             basis={"edema": "condition-resolved"},
-            says=(f"recorded as resolved or inactive ({EXAM_DATE})",),
+            says=(f"recorded as resolved or inactive ({EXAM_SHOWN})",),
         )
         for status in ("resolved", "inactive", "remission")
     ],
@@ -544,8 +548,8 @@ NOT_RECORDED: list[Variation] = [
         basis={"edema": "not-recorded", "skin_ulcer": "not-recorded", "bulbar_weakness": "not-recorded"},
         says=(
             EXAMINE_DRIVERS,
-            "GI perforation/death risk (info): none present, 5 of 5 not assessed",
-            "not recorded in the chart: examine for it at this visit",
+            "GI perforation/death risk unknown: none present — assess edema",
+            "not recorded: examine",
         ),
     ),
     V(
@@ -554,7 +558,7 @@ NOT_RECORDED: list[Variation] = [
         eligible(),
         {"muscle_strength_le_3": "unknown"},
         risk("info", "info"),
-        says=("Examine at this visit: Edema, Skin ulcer, Dysphagia / hoarseness / lower voice, Proximal muscle",),
+        says=("Examine at this visit: edema, skin ulcer, swallowing/voice, muscle strength",),
         local_codes=MUSCLE_LOCAL,
     ),
     V(
@@ -564,7 +568,7 @@ NOT_RECORDED: list[Variation] = [
         {"ild": "unknown"},
         risk("info", "info"),
         basis={"ild": "not-recorded"},
-        says=("Dysphagia / hoarseness / lower voice, Proximal muscle strength ≤ grade 3, Interstitial lung disease.",),
+        says=("swallowing/voice, muscle strength, ILD.",),
     ),
     V(
         "edema_negative_boolean",
@@ -573,7 +577,7 @@ NOT_RECORDED: list[Variation] = [
         {"edema": "absent"},
         risk("info", "info"),
         basis={"edema": "observation"},
-        says=("Skin ulcer, Dysphagia / hoarseness / lower voice, Proximal muscle strength",),
+        says=("skin ulcer, swallowing/voice, muscle strength",),
     ),
     V(
         "skin_ulcer_negative_coded_absent",
@@ -598,7 +602,7 @@ NOT_RECORDED: list[Variation] = [
         {"edema": "present"},
         risk("warning", "warning"),
         basis={"edema": "observation"},
-        says=("recorded as an examination finding",),
+        says=("examination finding",),
     ),
     V(
         "everything_recorded_absent",
@@ -636,7 +640,7 @@ ELIGIBILITY: list[Variation] = [
         [child(), nxp2(), edema()],
         {"anti_nxp2_positive": "present", "jdm_diagnosis": "unknown"},
         NOTICE_DIAGNOSIS,
-        says=("applies to juvenile dermatomyositis", f"anti-NXP2 阳性 ({NXP2_DATE}"),
+        says=("applies to juvenile dermatomyositis", f"anti-NXP2 阳性 ({NXP2_SHOWN}"),
         never_says=("GI perforation/death risk (",),
         decision="notice-diagnosis-not-recorded",
     ),
@@ -751,7 +755,7 @@ VALUES: list[Variation] = [
         {"ferritin_gt_200": "unknown"},
         risk("info", "info"),
         basis={"ferritin_gt_200": "implausible"},
-        says=("300 ug/mL = 300000.0 ng/mL: implausible after unit conversion, check the unit",),
+        says=("300 ug/mL = 300,000.0 ng/mL: implausible, check the unit",),
     ),
     V(
         "ana_titre_with_pattern_positive",
@@ -759,7 +763,7 @@ VALUES: list[Variation] = [
         eligible(obs("5048-4", when=f"{LAB_DATE}T07:30:00Z", valueString="1:100 speckled")),
         {"ana_positive": "present"},
         risk("info", "warning"),
-        says=("GI perforation/death risk (warning): ANA+", "1:100 speckled"),
+        says=("GI perforation/death risk: ANA+", "1:100 speckled"),
         values={"ana_positive": "1:100 speckled"},
     ),
     V(
@@ -776,7 +780,7 @@ VALUES: list[Variation] = [
             eligible(muscle(grade)),
             {"muscle_strength_le_3": "present" if weak else "absent"},
             risk("warning" if weak else "info", "info"),
-            says=(f"{grade} ({EXAM_DATE})",),
+            says=(f"{grade} ({EXAM_SHOWN})",),
             values={"muscle_strength_le_3": value},
             local_codes=MUSCLE_LOCAL,
         )
@@ -798,7 +802,7 @@ VALUES: list[Variation] = [
         risk("warning", "info"),
         basis={"cd4_cd8_lt_1_4": "computed"},
         values={"cd4_cd8_lt_1_4": 0.8},
-        says=("Refractory JDM risk (warning): CD4/CD8 < 1.4",),
+        says=("Refractory JDM risk: CD4/CD8 < 1.4",),
     ),
     V(
         "cd4_cd8_thirty_hours_apart",
@@ -847,7 +851,7 @@ TIERS: list[Variation] = [
         eligible(edema(), dysphagia()),
         {"edema": "present", "bulbar_weakness": "present"},
         risk("warning", "warning"),
-        says=("GI perforation/death risk (warning): edema, dysphagia/hoarseness",),
+        says=("GI perforation/death risk: edema, dysphagia/hoarseness",),
         never_says=("(critical)",),
     ),
     V(
@@ -863,7 +867,7 @@ TIERS: list[Variation] = [
         eligible(edema(), skin_ulcer()),
         {"edema": "present", "skin_ulcer": "present"},
         risk("warning", "critical"),
-        says=("GI perforation/death risk (critical): edema, skin ulcer",),
+        says=("High GI perforation/death risk: edema, skin ulcer",),
     ),
     V(
         "gi_low_bmi_and_ana_is_critical",

@@ -103,6 +103,6 @@ def test_terminal_output_shows_the_predictor_table(kit: Kit) -> None:
     result = nxp2_cds(
         "call", kit.service, "--fhir-server", kit.fhir, "--patient", "ex-missing-labs", "--keys", str(kit.keys)
     )
-    assert "[INFO] Refractory JDM risk (info)" in result.stdout
+    assert "[INFO] Refractory JDM risk unknown: none present" in result.stdout
     assert " *ferritin_gt_200        unknown" in result.stdout
     assert "suggestion: Order: serum ferritin" in result.stdout

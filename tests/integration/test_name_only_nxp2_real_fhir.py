@@ -170,7 +170,7 @@ def test_ehr_running_the_discovery_templates_gets_the_risk_cards(
     assert tiers(cards) == EXPECTED_CARDS
     finding = anti_nxp2(cards)
     assert (finding["state"], finding["value"]) == ("present", "阳性(+)")
-    assert "anti-NXP2 阳性(+) (2026-05-02" in cards[0]["detail"].replace("\\", "")
+    assert "anti-NXP2 阳性(+) (May 2, 2026" in cards[0]["detail"].replace("\\", "")
 
 
 def test_service_fallback_fetches_the_same_risk_cards(
