@@ -7,6 +7,7 @@ The page is rendered once per process (the knowledge base does not change while 
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from html import escape
 from typing import Any
@@ -104,8 +105,14 @@ def _plot_row(index: int, row: Row, driver: bool, knowledge: KnowledgeBase) -> s
 
 
 def _fit(label: str, limit: int = 44) -> str:
-    """A plot label short enough for the label column (the full label is in the mark's title)."""
-    return label if len(label) <= limit else label[: limit - 1].rstrip() + "…"
+    """A plot label short enough for the label column (the full label is in the mark's title); a Chinese character
+    takes the width of two Latin ones."""
+    width = 0
+    for index, char in enumerate(label):
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+        if width > limit:
+            return label[: max(index - 1, 1)].rstrip() + "…"
+    return label
 
 
 def _rate(events: int, n: int) -> str:

@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 from selenium.webdriver.common.by import By
 
+from cds_service.engine import Engine
 from cds_service.knowledge import KnowledgeBase
 from tests.browser import ARTIFACTS, browser_or_skip, chromium, serve
 from tests.builders import condition, hook_request, patient
@@ -71,13 +72,14 @@ def test_cards_link_to_the_page_with_the_public_url(make_app: AppFactory) -> Non
     ]
 
 
-def test_page_in_a_real_browser(guarded: Flask, knowledge: KnowledgeBase) -> None:
-    """In headless chromium the page renders, each plot has one mark per row, and the console has no errors;
-    a screenshot is kept in test-artifacts/evidence.png."""
+@pytest.mark.parametrize("language", ["en", "zh-CN"])
+def test_page_in_a_real_browser(guarded: Flask, knowledge: KnowledgeBase, engine: Engine, language: str) -> None:
+    """In headless chromium the page renders in English and in Chinese, each plot has one mark per row, and the
+    console has no errors; a screenshot is kept in test-artifacts/evidence-<language>.png."""
     browser_or_skip()
     with serve(guarded) as base, chromium() as browser:
-        browser.get(f"{base}/evidence")
-        assert browser.title == "Evidence behind the nxp2-cds cards"
+        browser.get(f"{base}/evidence?lang={language}")
+        assert browser.title == engine.knowledge_for(language).wording.evidence_page.title
         for outcome_id, outcome in knowledge.outcomes.items():
             marks = browser.find_elements(By.CSS_SELECTOR, f'svg.forest[data-outcome="{outcome_id}"] .or-mark')
             assert len(marks) == len(outcome.rows)
@@ -86,4 +88,4 @@ def test_page_in_a_real_browser(guarded: Flask, knowledge: KnowledgeBase) -> Non
         errors = [entry for entry in log if entry["level"] in ("SEVERE", "ERROR")]
         assert errors == []
         ARTIFACTS.mkdir(exist_ok=True)
-        assert browser.save_screenshot(str(ARTIFACTS / "evidence.png"))
+        assert browser.save_screenshot(str(ARTIFACTS / f"evidence-{language}.png"))
