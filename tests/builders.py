@@ -182,3 +182,38 @@ def assert_valid_cds(definition: str, document: Json) -> None:
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
     for card in document.get("cards", []):
         assert len(card["summary"]) < 140, card["summary"]
+
+
+HEALTHCHAIN_MODELS = "healthchain.models.responses.cdsresponse"
+
+
+def healthchain_missing() -> str | None:
+    """Why HealthChain's CDS Hooks models cannot be imported here, or None when they can."""
+    import importlib
+
+    try:
+        importlib.import_module(HEALTHCHAIN_MODELS)
+    except ImportError as exc:
+        return f"HealthChain is not installed ({exc})"
+    return None
+
+
+def assert_valid_healthchain(response_json: Json) -> None:
+    """The hook response parses as HealthChain's ``CDSResponse``: pydantic models of CDS Hooks that others wrote, an
+    independent reading of the specification beside the JSON Schema above. HealthChain ignores the fields it does
+    not model (``extension``), so this checks the standard ones. Raises ``ImportError`` without HealthChain
+    (imported by name: it is an optional test dependency, see tests/test_interop.py)."""
+    import importlib
+
+    import pydantic
+
+    models = importlib.import_module(HEALTHCHAIN_MODELS)
+    try:
+        parsed = models.CDSResponse.model_validate(response_json)
+    except pydantic.ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        message = f"HealthChain rejects the response ({len(problems)} problems):\n" + "\n".join(problems[:10])
+        raise AssertionError(message) from None
+    except AttributeError as exc:  # HealthChain 0.16 crashes this way on suggestions without selectionBehavior
+        raise AssertionError(f"HealthChain's validator failed on the response: {exc!r}") from exc
+    assert len(parsed.cards) == len(response_json.get("cards", []))

@@ -11,6 +11,9 @@
 // Requests are logged to stderr. Admin endpoints (outside the FHIR base, not delayed, not counted):
 //   GET  /__admin/stats  -> {"requests": N, "recent": ["GET /fhir/Patient/1", ...]}
 //   POST /__admin/reset  -> clears the store and the counter
+// CORS, so that a browser client on another origin (the CDS Hooks Sandbox) can use it: every response carries
+// Access-Control-Allow-Origin (the request's Origin, else *); a preflight (OPTIONS with
+// Access-Control-Request-Method) is answered 204 on any path, neither delayed nor counted.
 import http from 'node:http';
 import process from 'node:process';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -241,6 +244,37 @@ function getCapabilityStatement() {
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
+// CORS. A test server with no credentials of its own: any origin may read it. Authorization is allowed so that a
+// client holding a token for another server can still send it; the headers a FHIR client reads after a write
+// (Location, ETag, Last-Modified) are exposed to scripts.
+const CORS_ALLOW_METHODS = 'GET, POST, PUT, PATCH, DELETE, OPTIONS';
+const CORS_ALLOW_HEADERS = 'Authorization, Content-Type, Accept, If-Match, If-None-Match, If-None-Exist, Prefer';
+const CORS_EXPOSE_HEADERS = 'Location, ETag, Last-Modified, Content-Location';
+const CORS_MAX_AGE_SECONDS = '600';
+
+/** Sets the CORS headers every response carries; writeHead merges them with the response's own. */
+function setCorsHeaders(req, res) {
+  const origin = req.headers.origin;
+  res.setHeader('access-control-allow-origin', origin || '*');
+  if (origin) res.setHeader('vary', 'Origin'); // the answer depends on the request's Origin
+  res.setHeader('access-control-expose-headers', CORS_EXPOSE_HEADERS);
+}
+
+/** A CORS preflight: OPTIONS naming the method the browser means to send. */
+function isPreflight(req) {
+  return req.method === 'OPTIONS' && req.headers['access-control-request-method'] !== undefined;
+}
+
+function sendPreflight(res) {
+  res.writeHead(204, {
+    'access-control-allow-methods': CORS_ALLOW_METHODS,
+    'access-control-allow-headers': CORS_ALLOW_HEADERS,
+    'access-control-max-age': CORS_MAX_AGE_SECONDS,
+    'content-length': 0,
+  });
+  res.end();
+}
+
 let requestCount = 0;
 let recent = [];
 
@@ -389,8 +423,11 @@ const server = http.createServer(async (req, res) => {
   const url = new URL(req.url ?? '/', 'http://localhost');
   const isAdmin = url.pathname.startsWith('/__admin/');
   const isFhir = !isAdmin && (url.pathname === basePath || url.pathname.startsWith(basePath + '/'));
+  setCorsHeaders(req, res);
   try {
-    if (isAdmin) {
+    if (isPreflight(req)) {
+      sendPreflight(res);
+    } else if (isAdmin) {
       handleAdmin(req, res, url.pathname);
     } else if (!isFhir) {
       sendOutcome(res, notFound);
