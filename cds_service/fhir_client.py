@@ -1,14 +1,17 @@
 """Outbound FHIR over HTTP: the only module that talks to a FHIR server.
 
-Safety first: a ``fhirServer`` must be on the configured allowlist (and https unless http is explicitly
-allowed) before any request is made; redirects and ``next`` links are followed only on the same origin;
-responses are capped in size; every request runs under a per-request timeout and one overall deadline; the
-access token is sent only to the allowed server and never logged, stored or echoed in an error.
+Safety first (:class:`ServerPolicy` decides, for every request): a ``fhirServer`` is normalised (dot segments,
+``%2e``, repeated slashes, case, default port, IDNA; a backslash, credentials, a query or fragment, an encoded
+slash or a path parameter is refused) and must be on the configured allowlist (and https unless http is explicitly
+allowed) before any request is made; every request, redirect and ``next`` link of the call must stay under that
+fhirServer's base path (not only its origin), so the access token is sent there only; responses are capped in
+size; every request runs under a per-request timeout and one overall deadline; the token is never logged, stored
+or echoed in an error.
 
 Errors (one function, :meth:`FhirClient._send`, maps every HTTP outcome to them)::
 
     FhirError
-    ├── FhirNotAllowed         not on the allowlist / plain http / another origin — no request was made
+    ├── FhirNotAllowed         not on the allowlist / plain http / outside the base path — no request was made
     ├── FhirTimeout            a request or the overall deadline ran out
     ├── FhirUnavailable        connection refused, DNS, TLS
     ├── FhirHttpError          a non-2xx answer (carries the status and the server's OperationOutcome)
@@ -18,18 +21,25 @@ Errors (one function, :meth:`FhirClient._send`, maps every HTTP outcome to them)
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
+import idna
 import orjson
 import requests
+import structlog
 from requests.adapters import HTTPAdapter
+
+from . import metrics
 
 DEFAULT_REQUEST_TIMEOUT = 2.0
 """Seconds for one FHIR request (connect + read), unless the settings say otherwise."""
@@ -46,7 +56,10 @@ class FhirError(Exception):
 
 
 class FhirNotAllowed(FhirError):
-    pass
+    def __init__(self, message: str, reason: str = "not-allowed") -> None:
+        super().__init__(message)
+        self.reason = reason
+        """Why, as a short code (the metric label and the log's ``reason``)."""
 
 
 class FhirTimeout(FhirError):
@@ -73,49 +86,204 @@ class FhirTooLarge(FhirError):
 
 
 # -- policy --------------------------------------------------------------------------------------------
+#
+# Every URL the service requests goes through ServerPolicy: a hook call's fhirServer (against the allowlist), then
+# every request, redirect and ``next`` link of that call (under that fhirServer's base path). A URL is normalised
+# first (scheme and host case, IDNA, default port, percent-encoded unreserved characters, dot segments, repeated
+# slashes) and what was checked is exactly what is requested; what cannot be normalised safely is refused.
+
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PERCENT = re.compile(r"%(..)?", re.S)
+_HEX = frozenset("0123456789abcdefABCDEF")
+_HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_WHERE = {"fhirServer": "fhirServer", "request": "a request", "redirect": "a redirect", "next": "a 'next' link"}
+log = structlog.get_logger("nxp2_cds.fhir")
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
+class _Unsafe(Exception):
+    """Why a URL cannot be normalised safely (internal: turned into :class:`FhirNotAllowed` by :func:`_checked`)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Url:
+    """A URL after normalisation."""
+
+    scheme: str
+    host: str
+    """ASCII, lower case, IPv6 in brackets, no trailing dot."""
+    port: int
+    path: str
+    """Absolute, no dot segments, no repeated slashes; a base has no trailing slash (empty at the root)."""
+    query: str
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return self.scheme, self.host, self.port
+
+    @property
+    def url(self) -> str:
+        port = "" if _DEFAULT_PORTS[self.scheme] == self.port else f":{self.port}"
+        query = f"?{self.query}" if self.query else ""
+        return f"{self.scheme}://{self.host}{port}{self.path}{query}"
+
+    def under(self, base: _Url) -> bool:
+        """On the base's origin, and its path is the base path or below it (whole segments: ``/fhir-admin`` is not
+        under ``/fhir``)."""
+        return self.origin == base.origin and (self.path == base.path or self.path.startswith(base.path + "/"))
+
+
+def _normalise(url: str, *, base: bool = False) -> _Url:
+    """``url`` normalised, or :class:`_Unsafe`. A ``base`` (a fhirServer, an allowlist entry) carries no query or
+    fragment; any other URL loses its fragment (never sent anyway)."""
+    text = url.strip(" \t\r\n")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
+        raise _Unsafe("invalid-url", "holds spaces or control characters")
+    if "\\" in text:
+        raise _Unsafe("unsafe-path", "holds a backslash")
+    if base and ("?" in text or "#" in text):
+        raise _Unsafe("query-or-fragment", "must not carry a query or fragment")
+    try:
+        parts = urlsplit(text)
+        explicit_port = parts.port  # raises on a malformed port
+    except ValueError:
+        raise _Unsafe("invalid-url", "is not a valid URL") from None
     scheme = parts.scheme.lower()
-    port = parts.port or {"https": 443, "http": 80}.get(scheme)
-    return scheme, (parts.hostname or "").lower(), port
+    if scheme not in _DEFAULT_PORTS:
+        raise _Unsafe("scheme", "must be an http(s) URL")
+    if "@" in parts.netloc:
+        raise _Unsafe("credentials", "must not carry credentials (user@host)")
+    path = _path(_NON_ASCII.sub(lambda m: quote(m.group()), parts.path))
+    return _Url(
+        scheme,
+        _host(parts.hostname or ""),
+        _DEFAULT_PORTS[scheme] if explicit_port is None else explicit_port,
+        path.rstrip("/") if base else path,
+        _NON_ASCII.sub(lambda m: quote(m.group()), parts.query),
+    )
 
 
-def _normalise_base(url: str) -> str:
-    parts = urlsplit(url.strip())
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+def _host(raw: str) -> str:
+    """The host as it will be resolved: IPv6 compressed, in brackets; a name in lower case, IDNA-encoded (UTS 46, as
+    requests encodes it) and without a trailing dot."""
+    if not raw or "%" in raw:
+        raise _Unsafe("unsafe-host", "has no host, or an encoded one")
+    if ":" in raw:
+        try:
+            return f"[{ipaddress.IPv6Address(raw).compressed}]"
+        except ValueError:
+            raise _Unsafe("unsafe-host", "has an invalid IPv6 address") from None
+    name = raw.removesuffix(".")
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError):
+            raise _Unsafe("unsafe-host", "has a host name that cannot be IDNA-encoded") from None
+    name = name.lower()
+    if not _HOST.match(name):
+        raise _Unsafe("unsafe-host", "has an invalid host name")
+    return name
+
+
+def _path(raw: str) -> str:
+    """The path with percent-encoded unreserved characters decoded (``%2e`` is a dot), then dot segments removed and
+    repeated slashes collapsed. Refused: an encoded ``/``, ``\\``, ``%``, ``;`` or control character and a path
+    parameter (``..;/``): servers and proxies disagree about what they mean."""
+
+    def decode(match: re.Match[str]) -> str:
+        digits = match.group(1)
+        if digits is None or not set(digits) <= _HEX:
+            raise _Unsafe("invalid-url", "has a malformed percent-encoding")
+        char = chr(int(digits, 16))
+        if char in _UNRESERVED:
+            return char
+        if char in "/\\%;" or ord(char) < 0x20 or ord(char) == 0x7F:
+            raise _Unsafe("unsafe-path", "has an encoded '/', '\\', '%', ';' or control character in its path")
+        return "%" + digits.upper()
+
+    decoded = _PERCENT.sub(decode, raw)
+    if ";" in decoded:
+        raise _Unsafe("unsafe-path", "has a path parameter (';') in its path")
+    segments: list[str] = []
+    for segment in decoded.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    path = "/" + "/".join(segments)
+    trailing = decoded.endswith("/") or decoded.rsplit("/", 1)[-1] in (".", "..")
+    return path + "/" if trailing and segments else path
+
+
+def _refused(reason: str, message: str, where: str) -> FhirNotAllowed:
+    """Count and log a refusal: the reason and where, never the URL (it may name the patient)."""
+    metrics.FHIR_REFUSED.labels(reason).inc()
+    log.warning("fhir_url_refused", reason=reason, where=where)
+    return FhirNotAllowed(message, reason)
+
+
+def _checked(url: str, where: str, *, base: bool = False) -> _Url:
+    try:
+        return _normalise(url, base=base)
+    except _Unsafe as exc:
+        suffix = "" if where == "fhirServer" else "; not followed"
+        raise _refused(exc.reason, f"{_WHERE[where]} {exc}{suffix}", where) from None
 
 
 @dataclass(frozen=True)
 class ServerPolicy:
-    """Which FHIR servers the service may call: exact base URLs, or prefixes written with a trailing ``*``."""
+    """Which FHIR servers the service may call (exact base URLs, or prefixes written with a trailing ``*``) and,
+    within one call, which URLs are under the fhirServer it was allowed for. The one place that decides where a
+    request — and so the token — may go."""
 
     allowed: tuple[str, ...]
     allow_http: bool = False
 
+    @cached_property
+    def _entries(self) -> tuple[tuple[_Url, bool], ...]:
+        """The allowlist normalised as fhirServer values are (an entry that cannot be admits nothing)."""
+        entries: list[tuple[_Url, bool]] = []
+        for entry in self.allowed:
+            prefix = entry.endswith("*")
+            try:
+                entries.append((_normalise(entry[:-1] if prefix else entry, base=True), prefix))
+            except _Unsafe:
+                continue
+        return tuple(entries)
+
     def check(self, base_url: str) -> str:
         """The normalised base URL, or :class:`FhirNotAllowed` (and no request is ever made)."""
-        try:
-            parts = urlsplit(base_url.strip())
-            _ = parts.port  # raises on a malformed port
-        except ValueError as exc:
-            raise FhirNotAllowed("fhirServer is not a valid URL") from exc
-        if parts.scheme.lower() not in ("https", "http") or not parts.hostname or parts.username or parts.password:
-            raise FhirNotAllowed("fhirServer must be an http(s) URL without credentials")
-        if parts.scheme.lower() == "http" and not self.allow_http:
-            raise FhirNotAllowed("fhirServer must use https ([fhir] allow_http is false)")
-        if parts.query or parts.fragment:
-            raise FhirNotAllowed("fhirServer must not carry a query or fragment")
-        base = _normalise_base(base_url)
-        for entry in self.allowed:
-            if entry.endswith("*"):
-                prefix = _normalise_base(entry[:-1])
-                if base == prefix or base.startswith(prefix + "/"):
-                    return base
-            elif base == _normalise_base(entry):
-                return base
-        raise FhirNotAllowed("fhirServer is not on this service's allowlist ([fhir] allowed_servers)")
+        base = _checked(base_url, "fhirServer", base=True)
+        if base.scheme == "http" and not self.allow_http:
+            raise _refused("plain-http", "fhirServer must use https ([fhir] allow_http is false)", "fhirServer")
+        if any(base == entry or (prefix and base.under(entry)) for entry, prefix in self._entries):
+            return base.url
+        raise _refused(
+            "not-allowlisted", "fhirServer is not on this service's allowlist ([fhir] allowed_servers)", "fhirServer"
+        )
+
+    @staticmethod
+    def admit(base_url: str, url: str, where: str = "request") -> str:
+        """``url`` (absolute, or relative to ``base_url``) normalised — what is then requested, with the token — when
+        it is under ``base_url``, the fhirServer the call was allowed for; else :class:`FhirNotAllowed`. ``where``:
+        ``request``, ``redirect`` or ``next`` (the log and metric reason say which)."""
+        base = _checked(base_url, "fhirServer", base=True)
+        target = _checked(urljoin(base.url + "/", url), where)
+        if target.origin != base.origin:
+            raise _refused(f"{where}-other-origin", f"{_WHERE[where]} points to another origin; not followed", where)
+        if not target.under(base):
+            raise _refused(
+                f"{where}-outside-base",
+                f"{_WHERE[where]} points outside the fhirServer's base path; not followed",
+                where,
+            )
+        return target.url
 
 
 class Deadline:
@@ -178,7 +346,7 @@ class FhirClient:
     ) -> None:
         self._session = session
         self.base = base_url.rstrip("/")
-        self._origin = _origin(self.base)
+        """The fhirServer the call was allowed for: every request must stay under it (:meth:`ServerPolicy.admit`)."""
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._deadline = deadline
         self._timeout = request_timeout
@@ -203,7 +371,7 @@ class FhirClient:
         return [f.result() for f in futures]
 
     def get(self, relative_or_absolute: str) -> Json:
-        return self._send("GET", urljoin(self.base + "/", relative_or_absolute))
+        return self._send("GET", relative_or_absolute)
 
     @property
     def max_pages(self) -> int:
@@ -211,7 +379,7 @@ class FhirClient:
         return self._max_pages
 
     def follow_pages(self, bundle: Json) -> list[Json]:
-        """The Bundle and every page after it (``next`` links on this server's origin only)."""
+        """The Bundle and every page after it (``next`` links under this server's base path only)."""
         pages = [bundle]
         current = bundle
         while _next_link(current) is not None:
@@ -222,15 +390,12 @@ class FhirClient:
         return pages
 
     def next_page(self, bundle: Json) -> Json:
-        """The page a Bundle's ``next`` link names (on this server's origin only); the caller checks that there
-        is one (:func:`has_next_page`) and bounds how many it reads (:attr:`max_pages`)."""
+        """The page a Bundle's ``next`` link names (under this server's base path only); the caller checks that
+        there is one (:func:`has_next_page`) and bounds how many it reads (:attr:`max_pages`)."""
         link = _next_link(bundle)
         if link is None:
             raise FhirInvalidResponse("the Bundle has no 'next' link")
-        target = urljoin(self.base + "/", link)
-        if _origin(target) != self._origin:
-            raise FhirNotAllowed("a 'next' link points to another origin; not followed")
-        page = self._send("GET", target)
+        page = self._send("GET", link, where="next")
         if page.get("resourceType") != "Bundle":
             raise FhirInvalidResponse("a 'next' page is not a Bundle")
         return page
@@ -268,12 +433,12 @@ class FhirClient:
             results.append(resource)
         return results
 
-    def _send(self, method: str, url: str, body: Json | None = None) -> Json:
-        """The one place that performs a request and maps every outcome to a result or a :class:`FhirError`."""
+    def _send(self, method: str, url: str, body: Json | None = None, where: str = "request") -> Json:
+        """The one place that performs a request and maps every outcome to a result or a :class:`FhirError`. The
+        URL, and every redirect after it, is admitted by :meth:`ServerPolicy.admit` before it is requested."""
         target = url
         for _ in range(_MAX_REDIRECTS + 1):
-            if _origin(target) != self._origin:
-                raise FhirNotAllowed("a redirect points to another origin; not followed")
+            target = ServerPolicy.admit(self.base, target, where)
             timeout = self._deadline.timeout(self._timeout)
             self.requests_sent += 1
             try:
@@ -292,8 +457,8 @@ class FhirClient:
                 raise FhirUnavailable("the FHIR server could not be reached") from exc
             with response:
                 if response.is_redirect and method == "GET":
-                    location = response.headers.get("Location", "")
-                    target = urljoin(target, location)
+                    target = urljoin(target, response.headers.get("Location", ""))
+                    where = "redirect"
                     continue
                 content = self._read(response)
             return self._decode(response.status_code, content)

@@ -64,3 +64,11 @@ def worker_exited(pid: int) -> None:
     """gunicorn's ``child_exit`` hook: forget a dead worker's live samples."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+FHIR_REFUSED = Counter(
+    "nxp2_cds_fhir_refused_total",
+    "Outbound FHIR URLs refused before any request (so without the token), by reason: not-allowlisted, plain-http, "
+    "credentials, unsafe-path, …, redirect-outside-base, next-outside-base, next-other-origin.",
+    ["reason"],
+)
