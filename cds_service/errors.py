@@ -9,7 +9,8 @@
     ├── MethodNotAllowed (405 not-supported)
     ├── PreconditionFailed (412 incomplete)      prefetch data missing and not obtainable; names the keys
     ├── PayloadTooLarge (413 too-long)
-    └── UnsupportedMediaType (415 not-supported)
+    ├── UnsupportedMediaType (415 not-supported)
+    └── ServiceUnavailable (503 transient)       the database is unavailable for now; carries Retry-After
 
 Every error leaves the service as ``{"resourceType": "OperationOutcome", "issue": [...]}`` with the status above;
 never a stack trace. Messages never contain patient data: they name fields and keys, not values.
@@ -91,6 +92,17 @@ class UnsupportedMediaType(ServiceError):
     code = "not-supported"
 
 
+class ServiceUnavailable(ServiceError):
+    """Something the request needs (the database) is unavailable for now: 503 with ``Retry-After`` (seconds)."""
+
+    status = 503
+    code = "transient"
+
+    def __init__(self, message: str, *, retry_after: int, issues: Sequence[Issue] = ()) -> None:
+        super().__init__(message, issues=issues, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
 def operation_outcome(issues: Sequence[Issue], *, default_code: str = "exception") -> dict[str, Any]:
     rendered = []
     for issue in issues:
@@ -125,6 +137,7 @@ _HTTP_CODES: dict[int, str] = {
     414: "too-long",
     415: "not-supported",
     429: "throttled",
+    503: "transient",
 }
 
 

@@ -115,6 +115,41 @@ class ServerSettings(_Section):
     """Apply database migrations before serving (default: yes for SQLite, no otherwise)."""
 
 
+class DatabaseSettings(_Section):
+    """Time bounds on the database, and what the service does while it is unavailable (docs/deployment.md,
+    "Database faults")."""
+
+    connect_timeout_seconds: int = Field(default=2, ge=2, le=60)
+    """PostgreSQL: the longest wait for a new connection (libpq's minimum is 2). A ``connect_timeout`` in
+    ``database_url`` wins."""
+    statement_timeout_seconds: float = Field(default=3.0, gt=0, le=300)
+    """PostgreSQL: the server's ``statement_timeout`` (an ``options`` parameter in ``database_url`` wins); SQLite: the
+    busy timeout (how long a write waits for another writer's lock). No request waits on the database longer than
+    this plus half a second, even when the database hangs without answering."""
+    pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    """The longest wait for a free connection in this process's pool."""
+    retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    """``Retry-After`` of the 503 answered (to feedback) while the database is unavailable."""
+    readiness_timeout_seconds: float = Field(default=1.5, gt=0, le=10)
+    """``/readyz`` gives up on the database after this long (and answers at once while an earlier check still
+    waits)."""
+    readiness_requires_database: bool = True
+    """``/readyz`` answers 503 while the database is unavailable. With false it still reports the database but stays
+    ready: hook calls go on answering (from every replica) through an outage."""
+    replay_fallback: Literal["memory", "refuse"] = "memory"
+    """While the database is unavailable, JWT replay checks use this process's memory (``memory``: each worker
+    refuses the ``jti`` values it has seen) or every authenticated call is refused with 503 (``refuse``)."""
+    replay_memory_max_jtis: int = Field(default=50_000, ge=100, le=10_000_000)
+    """The most JWT ids each worker keeps in memory (about 200 bytes each); the oldest go first."""
+    spool_dir: Path | None = None
+    """Where each worker spools the records of the cards it issues before they reach the database (default: the
+    folder ``nxp2-cds-spool`` beside the SQLite file, or in the working folder). It must be on a local, persistent
+    disk: records waiting there survive a database outage and the death of the process that wrote them."""
+    spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=100_000)
+    """The most each worker process keeps waiting in the spool (about 400 bytes a card); records beyond it are
+    dropped, counted (``nxp2_cds_spool_records_total{event="dropped_full"}``) and logged."""
+
+
 class MappingSettings(_Section):
     local_codes: dict[str, list[str]] = Field(default_factory=dict)
     """Predictor id (its first value set) or value set id → ``["system|code", …]``."""
@@ -137,6 +172,7 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     """The service's external URL (behind a proxy): JWT ``aud`` checks and evidence links use it."""
     database_url: str = "sqlite:///nxp2-cds.sqlite3"
+    database: DatabaseSettings = DatabaseSettings()
     knowledge_file: Path | None = None
     max_body_bytes: int = Field(default=10_000_000, gt=0)
     max_prefetch_resources: int = Field(default=50_000, gt=0)
