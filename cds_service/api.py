@@ -177,8 +177,7 @@ def _authenticate() -> None:
     rt = runtime()
     if request.method == "OPTIONS" or rt.auth is None or not rt.auth.required:
         return
-    base = rt.settings.public_base_url or request.host_url.rstrip("/")
-    identity = rt.auth.authenticate(request.headers.get("Authorization"), base + request.path)
+    identity = rt.auth.authenticate(request.headers.get("Authorization"), service_base_url(rt.settings) + request.path)
     structlog.contextvars.bind_contextvars(client_iss=identity.issuer, client_tenant=identity.tenant)
 
 
@@ -343,6 +342,17 @@ def feedback(service_id: str) -> Response:
     return json_response({"received": len(items), "stored": result.stored, "duplicates": result.duplicates})
 
 
+def service_base_url(settings: Settings) -> str:
+    """The service's own URL, for card links and the JWT audience: ``public_base_url``, else the address it is
+    bound to (``[server] host`` and ``port``; ``nxp2-cds serve`` refuses to start off loopback without
+    ``public_base_url``). Never the request's ``Host``: a caller must not choose where links point or which audience
+    a token must carry."""
+    if settings.public_base_url:
+        return settings.public_base_url
+    host = settings.server.host.strip("[]")
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.server.port}"
+
+
 def _evidence_url(rt: Runtime) -> str | None:
-    base = rt.settings.public_base_url or request.host_url.rstrip("/")
+    base = service_base_url(rt.settings)
     return f"{base}/evidence" if "evidence.page" in current_app.view_functions else None

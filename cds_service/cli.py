@@ -108,7 +108,8 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
 
     Authentication is required by default. With no [[auth.issuers]] configured, on a loopback address the service
     runs without authentication and says so loudly; on any other address it refuses to start unless
-    [auth] mode = "disabled" is set explicitly."""
+    [auth] mode = "disabled" is set explicitly. Off loopback it also needs public_base_url (card links and the JWT
+    audience never come from a caller's Host header)."""
     from .server import gunicorn_options, prepare_metrics_directory, run
 
     prepare_metrics_directory()  # before anything imports prometheus_client: the workers share it
@@ -126,6 +127,12 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
             )
         os.environ["NXP2_CDS_AUTH__MODE"] = "disabled"  # the workers inherit it
         settings = _settings()
+    if not settings.public_base_url and not is_loopback(host):
+        _fail(
+            f"refusing to serve on {host} without public_base_url: card links and the JWT audience come from it "
+            "(never from a caller's Host header); set public_base_url (NXP2_CDS_PUBLIC_BASE_URL) to the URL EHRs call"
+        )
+    os.environ.update(NXP2_CDS_SERVER__HOST=host, NXP2_CDS_SERVER__PORT=str(port))  # workers: links on loopback
     if settings.auth.mode == "disabled":
         click.echo(
             "nxp2-cds: WARNING: AUTHENTICATION IS DISABLED - any caller can use this service. "
