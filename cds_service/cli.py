@@ -104,13 +104,17 @@ def evaluate(request_file: Path, at: str | None) -> None:
     help="Apply database migrations before serving (default: yes for SQLite, no otherwise).",
 )
 def serve(host: str | None, port: int | None, workers: int | None, threads: int | None, migrate: bool | None) -> None:
-    """Run the CDS Hooks service with the production server (gunicorn).
+    """Run the CDS Hooks service with the production server (nginx in front of gunicorn).
 
     Authentication is required by default. With no [[auth.issuers]] configured, on a loopback address the service
     runs without authentication and says so loudly; on any other address it refuses to start unless
     [auth] mode = "disabled" is set explicitly. Off loopback it also needs public_base_url (card links and the JWT
-    audience never come from a caller's Host header)."""
-    from .server import gunicorn_options, prepare_metrics_directory, run
+    audience never come from a caller's Host header).
+
+    nginx reads every request whole before a worker sees it ([server] front_door; docs/deployment.md). Without nginx
+    installed, on a loopback address gunicorn serves alone and says so; on any other address serve refuses to start
+    unless [server] front_door = "gunicorn" is set explicitly."""
+    from .server import find_nginx, prepare_metrics_directory
 
     prepare_metrics_directory()  # before anything imports prometheus_client: the workers share it
     from . import StartupError, create_app
@@ -139,6 +143,24 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
             "Configure [[auth.issuers]] before exposing it.",
             err=True,
         )
+    door = settings.server.front_door
+    nginx = None if door == "gunicorn" else find_nginx(settings.server.nginx)
+    if nginx is None and door == "nginx":
+        _fail(
+            f'[server] front_door = "nginx" but {settings.server.nginx!r} is not installed '
+            "(Debian: apt-get install nginx)"
+        )
+    if nginx is None and door == "auto" and not is_loopback(host):
+        _fail(
+            f"refusing to serve on {host} without nginx in front: slow clients could hold every worker thread. "
+            'Install nginx (Debian: apt-get install nginx) or set [server] front_door = "gunicorn" explicitly'
+        )
+    if nginx is None:
+        click.echo(
+            "nxp2-cds: WARNING: gunicorn serves alone (no nginx in front): slow or silent clients can hold its worker "
+            "threads. Install nginx for production.",
+            err=True,
+        )
     try:
         store = Store(settings.database_url)
     except StoreError as exc:
@@ -153,8 +175,27 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
         _fail(str(exc))
     finally:
         store.dispose()
-    click.echo(f"nxp2-cds: serving CDS Hooks on http://{host}:{port}/cds-services", err=True)
-    run(gunicorn_options(host, port, workers, threads, settings.server, settings.log_level))
+    _serve(nginx, host, port, workers, threads, settings)
+
+
+def _serve(
+    nginx: str | None, host: str, port: int, workers: int | None, threads: int | None, settings: Settings
+) -> None:
+    from .server import free_port, serve_behind_nginx, serve_gunicorn_alone
+
+    if nginx is not None and port == 0:  # nginx cannot tell which port it got: choose one
+        port = free_port(host)
+        os.environ["NXP2_CDS_SERVER__PORT"] = str(port)
+    front = "nginx in front of gunicorn" if nginx else "gunicorn alone"
+    click.echo(f"nxp2-cds: serving CDS Hooks on http://{host}:{port}/cds-services ({front})", err=True)
+    body, level = settings.max_body_bytes, settings.log_level
+    if nginx is None:
+        sys.exit(
+            serve_gunicorn_alone(host, port, workers, threads, settings.server, max_body_bytes=body, log_level=level)
+        )
+    sys.exit(
+        serve_behind_nginx(nginx, host, port, workers, threads, settings.server, max_body_bytes=body, log_level=level)
+    )
 
 
 def _register_commands() -> None:

@@ -72,3 +72,8 @@ FHIR_REFUSED = Counter(
     "credentials, unsafe-path, …, redirect-outside-base, next-outside-base, next-other-origin.",
     ["reason"],
 )
+REQUESTS_REFUSED = Counter(
+    "nxp2_cds_requests_refused_total",
+    "Requests a worker refused before the application saw them, by reason: memory-budget (503), too-large (413).",
+    ["reason"],
+)

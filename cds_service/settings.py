@@ -113,6 +113,38 @@ class ServerSettings(_Section):
     """On SIGTERM, requests in flight get this long to finish."""
     migrate_on_start: bool | None = None
     """Apply database migrations before serving (default: yes for SQLite, no otherwise)."""
+    front_door: Literal["auto", "nginx", "gunicorn"] = "auto"
+    """What faces the clients (docs/deployment.md, "Front door"): ``nginx`` buffering every request in front of the
+    gunicorn workers (slow or silent clients cannot hold a worker thread), or ``gunicorn`` alone (development only).
+    ``auto``: nginx when it is installed; without it, gunicorn alone on a loopback address and a refusal to start on
+    any other."""
+    nginx: str = "nginx"
+    """The nginx executable (a name looked up on PATH and in /usr/sbin, or a path)."""
+    header_timeout_seconds: int = Field(default=10, ge=1, le=600)
+    """A client must send its whole request line and headers within this long (a silent connection is closed)."""
+    body_timeout_seconds: int = Field(default=10, ge=1, le=600)
+    """A client sending a body may pause at most this long between two reads; the response is written with the same
+    patience."""
+    keepalive_seconds: int = Field(default=5, ge=0, le=600)
+    """An idle keep-alive connection is closed after this long (0: one request per connection)."""
+    max_connections: int = Field(default=1024, ge=64, le=65536)
+    """The most connections the front door holds at once (clients and its own to the workers); beyond it new
+    connections wait in the kernel's queue."""
+    max_active_requests: int = Field(default=128, ge=8, le=65536)
+    """The most requests the front door works on at once once their headers are in (receiving a body, waiting for a
+    worker or in one); beyond it, 503 with ``Retry-After``. With ``max_body_bytes`` it bounds the disk the body
+    buffers take."""
+    max_inflight_body_bytes: int = Field(default=32_000_000, ge=1_000_000)
+    """Per worker process: the sum of the bodies of the requests it works on at once. A request whose body does not
+    fit beside the others gets 503 with ``Retry-After`` (a body up to ``max_body_bytes`` always fits alone)."""
+    retry_after_seconds: int = Field(default=2, ge=1, le=3600)
+    """``Retry-After`` of the 503 answered when the memory budget is full or a worker is restarting."""
+    shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)
+    """On SIGTERM, ``/readyz`` answers 503 at once and the listener stays open this long before it closes (for load
+    balancers that watch readiness; Kubernetes' preStop does this job in deploy/kubernetes)."""
+    runtime_dir: Path | None = None
+    """Where the front door keeps its configuration, socket and request-body buffers (default: the system's temporary
+    folder). Bodies larger than 64 KB wait there on disk until complete, so it should not be a memory filesystem."""
 
 
 class DatabaseSettings(_Section):
