@@ -44,10 +44,11 @@ def create_app(
     from . import api, errors, evidence_page, logs
     from .auth import Authenticator
     from .engine import Engine
-    from .feedback import CardRecorder, Store
+    from .feedback import Store, StoreError
     from .fhir_client import new_session
     from .knowledge import KnowledgeError
     from .settings import SettingsError, load_settings
+    from .spool import spooling_recorder
 
     try:
         settings = settings or load_settings()
@@ -58,7 +59,7 @@ def create_app(
     except (SettingsError, KnowledgeError) as exc:
         raise StartupError(str(exc)) from exc
     session = session or new_session()
-    store = store or Store(settings.database_url)
+    store = store or Store(settings.database_url, settings.database)
     try:
         authenticator = Authenticator(settings.auth, replay_store=store, session=session)
     except ValueError as exc:
@@ -77,9 +78,17 @@ def create_app(
         )
     if migrate:
         store.migrate()
-    elif not store.schema_is_current():
-        raise StartupError("the database schema is not current: run `nxp2-cds migrate` first")
-    recorder = recorder or CardRecorder(store)
+    else:
+        schema = store.schema_state()
+        if schema == "not-current":
+            raise StartupError("the database schema is not current: run `nxp2-cds migrate` first")
+        if schema == "unreachable":  # a worker restarted during an outage serves hooks; /readyz tells the rest
+            log.warning("DATABASE UNREACHABLE AT START-UP: serving anyway; the schema is checked by /readyz")
+    if recorder is None:
+        try:
+            recorder = spooling_recorder(store)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from exc
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -240,22 +240,33 @@ def openapi_document() -> Response:
 
 @docs.get("/healthz")
 def healthz() -> Response:
-    """Liveness: the process answers."""
+    """Liveness: the process answers. Never touches the database (an outage must not get workers restarted)."""
     return json_response({"status": "ok"})
 
 
 @docs.get("/readyz")
 def readyz() -> Response:
-    """Readiness: the database answers with the current schema; the knowledge base and value sets are loaded."""
+    """Readiness: the database answers with the current schema; the knowledge base and value sets are loaded.
+
+    Answers within ``[database] readiness_timeout_seconds`` whatever the database does. With
+    ``readiness_requires_database = false`` an unreachable database is reported but does not make it not ready."""
     rt = runtime()
+    rt.recorder.start()  # a new worker's writer adopts the spool files of dead ones, traffic or not
+    database = rt.store.readiness()
     checks = {
-        "database": rt.store.ping(),
-        "schema": rt.store.schema_is_current(),
+        "database": database.database,
+        "schema": database.schema,
         "knowledge_base": bool(rt.engine.knowledge.outcomes),
         "value_sets": bool(rt.engine.terminology.concepts),
     }
-    ready = all(checks.values())
+    required = dict(checks)
+    if not database.database and not rt.settings.database.readiness_requires_database:
+        del required["database"], required["schema"]
+    ready = all(required.values())
     body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+    if not database.database:
+        body["database"] = {"error": database.error, "seconds": round(database.seconds, 3)}
+    body["spool"] = {"pending_records": rt.recorder.pending}
     unmapped = rt.engine.unmapped_by_code()
     if unmapped:
         # A warning, not a failure: anti-NXP2 is still recognised by name (the "laboratory" prefetch template).

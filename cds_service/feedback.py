@@ -22,6 +22,7 @@ Fork safety (gunicorn): a :class:`Store` forgets its pooled connections in a for
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import logging
 import os
@@ -31,12 +32,12 @@ import threading
 import time
 import uuid as uuid_module
 import weakref
-from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -48,13 +49,22 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from .errors import Issue, ServiceUnavailable
 from .protocol import FeedbackItem
+from .settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_TIMEOUT_MS: Final = 5000
-POSTGRES_CONNECT_TIMEOUT_S: Final = 5
+MIGRATION_BUSY_TIMEOUT_MS: Final = 60_000
+"""SQLite: how long a migration waits for another instance's (a schema upgrade takes the write lock)."""
+DEADLINE_MARGIN_S: Final = 0.5
+"""A request gives up on the database this long after its statement timeout, even when the database never answers."""
+REQUEST_DB_THREADS: Final = 4
+"""Database calls of requests run in at most this many threads per process: while the database hangs, the stuck
+calls hold these threads and no request thread."""
+HEALTH_PROBE_INTERVAL_S: Final = 1.0
+"""While the database is known to be unavailable, one background probe at most this often finds out it is back."""
 _PG_MIGRATION_LOCK: Final = 0x6E78_7032_6D69_6772  # "nxp2migr": one key for every instance of the service
 _IMMEDIATE: Final = "nxp2_cds_sqlite_immediate"
 _HASH_VERSION: Final = 1
@@ -66,6 +76,22 @@ JTI_PURGE_INTERVAL: Final = timedelta(minutes=5)
 
 class StoreError(ValueError):
     """The database URL is unusable (unparseable, unsupported dialect, missing driver). Never shows a password."""
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database is down, hung or refusing writes (answered 503 with ``Retry-After``); nothing is known stored."""
+
+    def __init__(self, retry_after: int, message: str = "The database is unavailable; try again later.") -> None:
+        super().__init__(message, retry_after=retry_after, issues=[Issue(message, "transient")])
+
+
+class DatabaseTimeout(Exception):
+    """A database call did not finish in time (the database hangs); it was abandoned, not cancelled."""
+
+
+AVAILABILITY_ERRORS: Final = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, DatabaseTimeout)
+"""What a database that is down, hung, locked or overloaded raises (not a bad statement or bad data)."""
+T = TypeVar("T")
 
 
 # --- schema (must match the latest migration; tests/test_feedback_store.py checks it) --------------------------
@@ -177,6 +203,42 @@ class IssuedCard:
     def __post_init__(self) -> None:
         if self.issued_at.tzinfo is None or self.issued_at.utcoffset() is None:
             raise ValueError("issued_at must be timezone-aware")
+
+    def to_row(self) -> dict[str, Any]:
+        """The ``issued_cards`` row (also what the spool keeps, as JSON)."""
+        return {
+            "uuid": self.uuid,
+            "service_id": self.service_id,
+            "outcome": self.outcome,
+            "tier": self.tier,
+            "present": list(self.present),
+            "knowledge_base": self.knowledge_base,
+            "issued_at": self.issued_at,
+            "suggestions": [{"uuid": s.uuid, "predictor": s.predictor} for s in self.suggestions],
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> IssuedCard:
+        """The inverse of :meth:`to_row`; ``issued_at`` may be an ISO-8601 string. Raises KeyError, TypeError or
+        ValueError for anything else."""
+        issued_at = row["issued_at"]
+        if isinstance(issued_at, str):
+            issued_at = datetime.fromisoformat(issued_at)
+        if not isinstance(issued_at, datetime):
+            raise TypeError("issued_at must be a datetime")
+        return cls(
+            uuid=str(row["uuid"]),
+            service_id=str(row["service_id"]),
+            outcome=None if row["outcome"] is None else str(row["outcome"]),
+            tier=str(row["tier"]),
+            present=tuple(str(p) for p in row["present"]),
+            knowledge_base=str(row["knowledge_base"]),
+            issued_at=issued_at,
+            suggestions=tuple(
+                OfferedSuggestion(str(s["uuid"]), None if s["predictor"] is None else str(s["predictor"]))
+                for s in row.get("suggestions") or ()
+            ),
+        )
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any], *, service_id: str, issued_at: datetime) -> IssuedCard:
@@ -452,21 +514,24 @@ def normalise_url(database_url: str) -> URL:
     return url
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # SQLAlchemy, not the sqlite3 module, begins transactions (see _sqlite_on_begin): DDL becomes transactional.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        _sqlite_wal(cursor)
-    finally:
-        cursor.close()
+def _sqlite_on_connect(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # SQLAlchemy, not the sqlite3 module, begins transactions (see _sqlite_on_begin): DDL becomes transactional.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            _sqlite_wal(cursor, busy_timeout_ms)
+        finally:
+            cursor.close()
+
+    return on_connect
 
 
-def _sqlite_wal(cursor: Any) -> None:
+def _sqlite_wal(cursor: Any, busy_timeout_ms: int) -> None:
     """Put the file in WAL mode (it stays so). Switching can fail at once with "database is locked" while another
     connection holds a lock, without waiting the busy timeout: retry within that time."""
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + busy_timeout_ms / 1000
     while True:
         try:
             mode = str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower()
@@ -484,21 +549,30 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def _make_engine(url: URL) -> Engine:
+def _make_engine(url: URL, settings: DatabaseSettings) -> Engine:
+    """The engine with the settings' time bounds: PostgreSQL ``connect_timeout`` and ``statement_timeout`` (unless
+    the URL sets them), a pool timeout, pre-ping; SQLite's busy timeout."""
     backend = url.get_backend_name()
+    statement_ms = round(settings.statement_timeout_seconds * 1000)
     try:
         if backend == "sqlite":
             database = url.database or ""
+            in_memory = not database or database == ":memory:" or "mode=memory" in database
             if database and database != ":memory:" and not database.startswith("file:"):
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(url)
-            sa.event.listen(engine, "connect", _sqlite_on_connect)
+            options: dict[str, Any] = {} if in_memory else {"pool_timeout": settings.pool_timeout_seconds}
+            engine = sa.create_engine(url, **options)
+            sa.event.listen(engine, "connect", _sqlite_on_connect(statement_ms))
             sa.event.listen(engine, "begin", _sqlite_on_begin)
             return engine
         connect_args: dict[str, Any] = {}
         if "connect_timeout" not in url.query:
-            connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
-        return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+            connect_args["connect_timeout"] = settings.connect_timeout_seconds
+        if "options" not in url.query:
+            connect_args["options"] = f"-c statement_timeout={statement_ms}"
+        return sa.create_engine(
+            url, pool_pre_ping=True, pool_timeout=settings.pool_timeout_seconds, connect_args=connect_args
+        )
     except NoSuchModuleError:
         raise StoreError(f"database_url: no SQLAlchemy dialect {url.drivername!r}") from None
     except ImportError:
@@ -518,17 +592,274 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+# --- availability: bounded calls, the database's health, the in-memory replay store ------------------------------
+
+
+class _Call:
+    __slots__ = ("done", "error", "function", "result")
+
+    def __init__(self, function: Callable[[], Any]) -> None:
+        self.function = function
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class BoundedCalls:
+    """Runs functions in at most ``threads`` daemon threads; a caller waits for its function at most a given time.
+
+    A function that does not return in time is abandoned, not cancelled: its thread stays busy until it returns (a
+    hung database answers at last, or its connection breaks). While every thread is busy a new call fails at once,
+    so callers never queue behind a hung database. Fork-safe: a child starts with no threads."""
+
+    def __init__(self, name: str, threads: int) -> None:
+        if threads < 1:
+            raise ValueError("threads must be positive")
+        self._name = name
+        self._threads = threads
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._tasks: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self._busy = 0
+        self._started = 0
+
+    def after_fork_in_child(self) -> None:
+        self._reset()
+
+    @property
+    def busy(self) -> int:
+        """Functions running now (finished or abandoned by their callers, or not)."""
+        return self._busy
+
+    def _submit(self, function: Callable[[], Any]) -> _Call | None:
+        if self._pid != os.getpid():
+            self._reset()
+        with self._lock:
+            if self._busy >= self._threads:
+                return None
+            self._busy += 1
+            start = self._started < self._busy  # no idle thread
+            if start:
+                self._started += 1
+        call = _Call(function)
+        if start:
+            thread = threading.Thread(target=self._work, args=(self._tasks, self._lock), name=self._name, daemon=True)
+            thread.start()
+        self._tasks.put(call)
+        return call
+
+    def _work(self, tasks: queue.SimpleQueue[_Call], lock: threading.Lock) -> None:
+        while True:
+            call = tasks.get()
+            try:
+                call.result = call.function()
+            except BaseException as exc:  # handed to the caller
+                call.error = exc
+            finally:
+                with lock:
+                    self._busy -= 1
+                call.done.set()
+                del call
+
+    def call(self, function: Callable[[], T], timeout: float) -> T:
+        """``function()``, or :class:`DatabaseTimeout` when it has not returned after ``timeout`` seconds (or every
+        thread is still busy with earlier calls); its exception, if it raises one."""
+        call = self._submit(function)
+        if call is None:
+            raise DatabaseTimeout(f"all {self._threads} {self._name} threads are still waiting")
+        if not call.done.wait(timeout):
+            raise DatabaseTimeout(f"no answer in {timeout:.1f} s")
+        if call.error is not None:
+            raise call.error
+        result: T = call.result
+        return result
+
+    def start(self, function: Callable[[], object]) -> bool:
+        """Run ``function()`` in the background (nobody waits for it); False when every thread is busy."""
+        return self._submit(function) is not None
+
+
+class DatabaseHealth:
+    """Whether the database is usable, as this process's last database operations found (a circuit breaker).
+
+    An availability error (down, hung, locked, pool exhausted) marks it unavailable; then requests do not wait on it
+    (feedback is refused at once, replay checks use memory) and a background probe, at most once a second, finds out
+    when it is back; so does any successful write. The first failure and the return are logged once per outage, with
+    what was done meanwhile; nothing is logged per request."""
+
+    def __init__(self, *, replay_fallback: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self._replay_fallback = replay_fallback
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._next_probe = 0.0
+        self._fallbacks = 0
+        self._refused = 0
+
+    @property
+    def available(self) -> bool:
+        return self._down_since is None
+
+    def failed(self, operation: str, error: BaseException) -> None:
+        with self._lock:
+            first = self._down_since is None
+            if first:
+                self._down_since = self._clock()
+                self._fallbacks = self._refused = 0
+                self._next_probe = self._down_since + HEALTH_PROBE_INTERVAL_S
+        _database_errors(operation, error)
+        if first:
+            replay = (
+                "JWT replay checks use each worker's memory"
+                if self._replay_fallback == "memory"
+                else "authenticated calls are refused with 503"
+            )
+            logger.error(
+                "DATABASE UNAVAILABLE (%s during %s): hook calls go on answering; %s; feedback is refused with 503; "
+                "issued-card records wait in the spool",
+                type(error).__name__,
+                operation,
+                replay,
+            )
+
+    def succeeded(self) -> None:
+        with self._lock:
+            down_since = self._down_since
+            if down_since is None:
+                return
+            seconds = self._clock() - down_since
+            self._down_since = None
+            fallbacks, refused = self._fallbacks, self._refused
+        logger.warning(
+            "database available again after %.1f s: %d JWT replay checks were answered from memory, %d requests "
+            "were refused with 503",
+            seconds,
+            fallbacks,
+            refused,
+        )
+
+    def probe_due(self) -> bool:
+        """True at most once a second while the database is unavailable: the caller starts a probe."""
+        with self._lock:
+            if self._down_since is None or self._clock() < self._next_probe:
+                return False
+            self._next_probe = self._clock() + HEALTH_PROBE_INTERVAL_S
+            return True
+
+    def count_fallback(self) -> None:
+        with self._lock:
+            self._fallbacks += 1
+
+    def count_refused(self) -> None:
+        with self._lock:
+            self._refused += 1
+
+
+class MemoryReplays:
+    """JWT ids this process accepted (keys as in ``seen_jtis``), at most ``max_entries``, the oldest dropped first.
+
+    Asked before the database (a replay this process saw needs no query), and alone while the database is
+    unavailable; the ids accepted then are written to the database when it is back."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self._expiry: OrderedDict[str, datetime] = OrderedDict()
+        self._unsynced: OrderedDict[str, datetime] = OrderedDict()
+        self.evicted = 0
+        """Unexpired ids dropped for room (their replays are caught by the database only)."""
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def seen(self, key: str, now: datetime) -> bool:
+        with self._lock:
+            expires = self._expiry.get(key)
+        return expires is not None and expires >= now
+
+    def add(self, key: str, expires: datetime, now: datetime, *, unsynced: bool = False) -> bool:
+        """Remember ``key``; False when it is already remembered and has not expired (a replay)."""
+        with self._lock:
+            current = self._expiry.get(key)
+            if current is not None and current >= now:
+                return False
+            self._expiry[key] = expires
+            self._expiry.move_to_end(key)
+            if unsynced:
+                self._unsynced[key] = expires
+                while len(self._unsynced) > self._max:
+                    self._unsynced.popitem(last=False)
+            self._trim(now)
+            return True
+
+    def _trim(self, now: datetime) -> None:
+        while self._expiry:
+            key, expires = next(iter(self._expiry.items()))
+            if expires >= now and len(self._expiry) <= self._max:
+                return
+            del self._expiry[key]
+            if expires >= now:
+                self.evicted += 1
+
+    def unsynced(self, now: datetime) -> list[tuple[str, datetime]]:
+        """Ids accepted while the database was unavailable and not yet written there (unexpired ones)."""
+        with self._lock:
+            return [(k, e) for k, e in self._unsynced.items() if e >= now]
+
+    def synced(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._unsynced.pop(key, None)
+
+
+def _database_errors(operation: str, error: BaseException) -> None:
+    from . import metrics  # not at import: the CLI imports this module before the metrics directory is set
+
+    reason = "timeout" if isinstance(error, DatabaseTimeout | sa.exc.TimeoutError) else type(error).__name__
+    metrics.DATABASE_ERRORS.labels(operation, reason).inc()
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What :meth:`Store.readiness` found: the database answered (in time), its schema is the newest; ``error`` is
+    why not (``timeout`` or an exception class name), ``seconds`` how long the check took."""
+
+    database: bool
+    schema: bool
+    error: str | None
+    seconds: float
+
+
+@functools.cache
+def _head_revision() -> str:
+    return ",".join(sorted(ScriptDirectory.from_config(alembic_config()).get_heads()))
+
+
 class Store:
     """Feedback and issued cards in one database (a SQLAlchemy URL). Thread-safe; fork-safe."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, settings: DatabaseSettings | None = None) -> None:
         self.url = normalise_url(database_url)
-        self.engine = _make_engine(self.url)
+        self.settings = settings or DatabaseSettings()
+        self.engine = _make_engine(self.url, self.settings)
         self.dialect = self.engine.dialect.name
         self.writer = self.engine.execution_options(**{_IMMEDIATE: True})
         """The engine for write transactions (on SQLite they take the write lock at BEGIN)."""
+        self.deadline = self.settings.statement_timeout_seconds + DEADLINE_MARGIN_S
+        """The longest a request waits on the database, whatever the database does."""
         self._next_jti_purge = datetime.min.replace(tzinfo=UTC)
+        self._reset_availability()
         _track_forks(self)
+
+    def _reset_availability(self) -> None:
+        self.health = DatabaseHealth(replay_fallback=self.settings.replay_fallback)
+        self.jtis = MemoryReplays(self.settings.replay_memory_max_jtis)
+        self._calls = BoundedCalls("nxp2-cds-db", REQUEST_DB_THREADS)
+        self._probes = BoundedCalls("nxp2-cds-db-probe", 1)
+        self._readiness = BoundedCalls("nxp2-cds-db-readiness", 1)
 
     def __repr__(self) -> str:
         return f"Store({self.safe_url!r})"
@@ -539,8 +870,74 @@ class Store:
         return self.url.render_as_string(hide_password=True)
 
     def _after_fork_in_child(self) -> None:
-        # The parent's pooled connections must not be used, nor closed, by the child.
+        # The parent's pooled connections must not be used, nor closed, by the child; nor its threads and locks.
         self.engine.dispose(close=False)
+        self._reset_availability()
+
+    # -- availability --
+
+    def unavailable(self, message: str = "The database is unavailable; try again later.") -> DatabaseUnavailable:
+        return DatabaseUnavailable(self.settings.retry_after_seconds, message)
+
+    def bounded(self, operation: str, function: Callable[[], T]) -> T:
+        """``function()`` (database work) within :attr:`deadline`, in a database thread. While the database is known
+        to be unavailable it is not tried (a background probe is started instead). Raises
+        :class:`DatabaseUnavailable` when the database is down, hung or locked; other errors pass through."""
+        if not self.health.available:
+            self.probe_in_background()
+            raise self.unavailable()
+        try:
+            result = self._calls.call(function, self.deadline)
+        except AVAILABILITY_ERRORS as exc:
+            self.health.failed(operation, exc)
+            raise self.unavailable() from exc
+        self.health.succeeded()
+        return result
+
+    def probe_in_background(self) -> None:
+        """While the database is marked unavailable, check it (a write transaction, rolled back) in the background,
+        at most once a second; success marks it available."""
+        if self.health.probe_due():
+            self._probes.start(self._probe)
+
+    def _probe(self) -> None:
+        try:
+            with self.writer.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))  # in a write transaction: BEGIN IMMEDIATE on SQLite
+                connection.rollback()
+        except AVAILABILITY_ERRORS as exc:
+            self.health.failed("probe", exc)
+        except SQLAlchemyError:
+            return
+        else:
+            self.health.succeeded()
+
+    def readiness(self) -> Readiness:
+        """Does the database answer, with the newest schema? Within ``readiness_timeout_seconds`` whatever the
+        database does (while an earlier check still waits, at once)."""
+        started = time.monotonic()
+        try:
+            revision = self._readiness.call(self.current_revision, self.settings.readiness_timeout_seconds)
+        except (SQLAlchemyError, DatabaseTimeout) as exc:
+            if isinstance(exc, AVAILABILITY_ERRORS):
+                self.health.failed("readiness", exc)  # logged once per outage
+            else:
+                logger.warning("database readiness check failed: %s", type(exc).__name__)
+            reason = "timeout" if isinstance(exc, DatabaseTimeout | sa.exc.TimeoutError) else type(exc).__name__
+            return Readiness(False, False, reason, time.monotonic() - started)
+        self.probe_in_background()
+        return Readiness(True, revision == self.head_revision(), None, time.monotonic() - started)
+
+    def schema_state(self, timeout: float | None = None) -> Literal["current", "not-current", "unreachable"]:
+        """The schema compared with this code's newest revision, or ``unreachable`` when the database does not
+        answer (within ``timeout``: by default the connect plus statement timeouts)."""
+        wait = timeout if timeout is not None else self.settings.connect_timeout_seconds + self.deadline
+        try:
+            revision = self._readiness.call(self.current_revision, wait)
+        except AVAILABILITY_ERRORS as exc:
+            logger.warning("database schema check failed: %s", type(exc).__name__)
+            return "unreachable"
+        return "current" if revision == self.head_revision() else "not-current"
 
     def dispose(self) -> None:
         """Close the pooled connections (the store stays usable; new connections are made on demand)."""
@@ -556,14 +953,23 @@ class Store:
                 self._migrate_postgresql(connection)
             else:
                 connection.execution_options(**{_IMMEDIATE: True})
-                with connection.begin():
-                    command.upgrade(alembic_config(connection), "head")
+                # no statement bound here: wait for another instance's migration, however long it takes
+                driver: Any = connection.connection.driver_connection
+                driver.execute(f"PRAGMA busy_timeout = {MIGRATION_BUSY_TIMEOUT_MS}")
+                try:
+                    with connection.begin():
+                        command.upgrade(alembic_config(connection), "head")
+                finally:
+                    connection.invalidate()  # its busy timeout is not the service's: never pool it
 
     def _migrate_postgresql(self, connection: Connection) -> None:
+        # no statement timeout while waiting for another instance's migration, nor for the migration itself
+        connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
         connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         connection.commit()
         try:
             with connection.begin():
+                connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
                 command.upgrade(alembic_config(connection), "head")
         finally:
             try:
@@ -582,7 +988,7 @@ class Store:
     @staticmethod
     def head_revision() -> str:
         """The newest schema revision this code knows."""
-        return ",".join(sorted(ScriptDirectory.from_config(alembic_config()).get_heads()))
+        return _head_revision()
 
     def schema_is_current(self) -> bool:
         """The database is at the newest revision (False when it is older, newer, empty or unreachable)."""
@@ -621,8 +1027,19 @@ class Store:
         if not rows:
             return FeedbackResult(stored=0, duplicates=len(items))
         statement = self.insert_ignoring_conflicts(feedback, ["content_hash"]).returning(feedback.c.content_hash)
-        with self.writer.begin() as connection:
-            new = len(connection.execute(statement, list(rows.values())).all())
+
+        def write() -> int:
+            with self.writer.begin() as connection:
+                return len(connection.execute(statement, list(rows.values())).all())
+
+        try:
+            new = self.bounded("feedback", write)
+        except DatabaseUnavailable:
+            self.health.count_refused()
+            raise self.unavailable(
+                "The database is unavailable: the feedback was not stored. Send it again later (a repeat is "
+                "stored once)."
+            ) from None
         result = FeedbackResult(stored=new, duplicates=len(items) - new)
         logger.debug("feedback for %s: %d stored, %d duplicate", service_id, result.stored, result.duplicates)
         return result
@@ -631,34 +1048,57 @@ class Store:
         """Store issued cards in one transaction; a uuid already stored is ignored."""
         if not cards:
             return
-        rows = [
-            {
-                "uuid": c.uuid,
-                "service_id": c.service_id,
-                "outcome": c.outcome,
-                "tier": c.tier,
-                "present": list(c.present),
-                "knowledge_base": c.knowledge_base,
-                "issued_at": c.issued_at,
-                "suggestions": [{"uuid": s.uuid, "predictor": s.predictor} for s in c.suggestions],
-            }
-            for c in cards
-        ]
-        with self.writer.begin() as connection:
-            connection.execute(self.insert_ignoring_conflicts(issued_cards, ["uuid"]), rows)
+        rows = [c.to_row() for c in cards]
+        try:
+            with self.writer.begin() as connection:
+                connection.execute(self.insert_ignoring_conflicts(issued_cards, ["uuid"]), rows)
+        except AVAILABILITY_ERRORS as exc:
+            self.health.failed("issued_cards", exc)
+            raise
+        self.health.succeeded()
 
     def remember_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool:
         """Record a JWT id; True the first time, False when it was already used and has not expired (a replay).
-        Committed before it returns, so every worker and instance on this database sees it at once."""
+        Committed before it returns, so every worker and instance on this database sees it at once.
+
+        While the database is unavailable (down, hung, locked) the check uses this process's memory
+        (:class:`MemoryReplays`; counted in ``nxp2_cds_jwt_replay_fallback_total``, logged once per outage) and the
+        ids accepted meanwhile are written to the database when it is back; with ``replay_fallback = "refuse"`` it
+        raises :class:`DatabaseUnavailable` (503) instead."""
         key = hashlib.sha256(f"{issuer}\n{jti}".encode()).hexdigest()
         moment = _utc(now, "now")
+        expires = _utc(expires_at, "expires_at")
+        if self.jtis.seen(key, moment):
+            return False
+        try:
+            fresh = self.bounded("replay_check", lambda: self._remember_jti_in_database(key, expires, moment))
+        except DatabaseUnavailable:
+            if self.settings.replay_fallback == "refuse":
+                self.health.count_refused()
+                raise
+            from . import metrics
+
+            self.health.count_fallback()
+            metrics.REPLAY_FALLBACK.inc()
+            return self.jtis.add(key, expires, moment, unsynced=True)
+        if fresh:
+            self.jtis.add(key, expires, moment)
+        return fresh
+
+    def _remember_jti_in_database(self, key: str, expires: datetime, moment: datetime) -> bool:
+        backlog = self.jtis.unsynced(moment)  # accepted from memory during an outage: shared from now on
         statement = self.insert_ignoring_conflicts(seen_jtis, ["key"]).returning(seen_jtis.c.key)
         with self.writer.begin() as connection:
             connection.execute(sa.delete(seen_jtis).where(seen_jtis.c.key == key, seen_jtis.c.expires_at < moment))
-            fresh = connection.execute(statement, [{"key": key, "expires_at": _utc(expires_at, "expires_at")}]).all()
+            fresh = connection.execute(statement, [{"key": key, "expires_at": expires}]).all()
+            if backlog:
+                rows = [{"key": k, "expires_at": e} for k, e in backlog]
+                connection.execute(self.insert_ignoring_conflicts(seen_jtis, ["key"]), rows)
             if moment >= self._next_jti_purge:
                 connection.execute(sa.delete(seen_jtis).where(seen_jtis.c.expires_at < moment))
                 self._next_jti_purge = moment + JTI_PURGE_INTERVAL
+        if backlog:
+            self.jtis.synced([k for k, _ in backlog])
         return bool(fresh)
 
     # -- the report --
@@ -691,6 +1131,8 @@ class Store:
             offered = offered.where(issued_cards.c.service_id == service_id)
             entries = entries.where(feedback.c.service_id == service_id)
         with self.engine.connect() as connection:
+            if self.dialect == "postgresql":
+                connection.execute(sa.text("SET LOCAL statement_timeout = 0"))  # a report may take its time
             issued = {(r.service_id, r.outcome, r.tier): int(r.n) for r in connection.execute(counts)}
             suggestions: Counter[tuple[str, str | None]] = Counter()
             for r in connection.execute(offered):
@@ -899,6 +1341,19 @@ class CardRecorder:
     @property
     def written(self) -> int:
         return self._written
+
+    @property
+    def pending(self) -> int:
+        """Cards waiting to be written (about)."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        """Start the writer thread now (the first submit starts it anyway); safe to call often."""
+        if self._pid != os.getpid():
+            self._reset()
+        thread = self._thread
+        if not self._closed and (thread is None or not thread.is_alive()):
+            self._start()
 
     @property
     def dropped(self) -> int:

@@ -16,6 +16,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -72,8 +73,39 @@ FHIR_REFUSED = Counter(
     "credentials, unsafe-path, …, redirect-outside-base, next-outside-base, next-other-origin.",
     ["reason"],
 )
+
+
+DATABASE_ERRORS = Counter(
+    "nxp2_cds_database_errors_total",
+    "Database operations that failed because the database was down, hung, locked or out of connections, by operation "
+    "(feedback, replay_check, issued_cards, readiness, probe) and reason (timeout or the exception class).",
+    ["operation", "reason"],
+)
+REPLAY_FALLBACK = Counter(
+    "nxp2_cds_jwt_replay_fallback_total",
+    "JWT replay checks answered from the worker's memory because the database was unavailable.",
+)
+SPOOL_PENDING = Gauge(
+    "nxp2_cds_spool_pending_records",
+    "Issued-card records in the spool not yet in the database (summed over live workers; a dead worker's records "
+    "count again once another worker adopts its files).",
+    multiprocess_mode="livesum",
+)
+SPOOL_RECORDS = Counter(
+    "nxp2_cds_spool_records_total",
+    "Issued-card records by what the spool did with them: spooled, written (to the database), dropped_full (beyond "
+    "[database] spool_max_bytes), dropped_error (the spool could not be written), dropped_closed, corrupt (unreadable "
+    "after a crash).",
+    ["event"],
+)
 REQUESTS_REFUSED = Counter(
     "nxp2_cds_requests_refused_total",
     "Requests a worker refused before the application saw them, by reason: memory-budget (503), too-large (413).",
     ["reason"],
+)
+JWKS_FETCH_FAILURES = Counter(
+    "nxp2_cds_jwks_fetch_failures_total",
+    "JWKS documents that could not be fetched from an issuer's URL, by cause: network, status (not 200), too-large, "
+    'not-a-jwk-set. Tokens refused for it count as nxp2_cds_auth_failures_total{reason="jwks-fetch-failed"}.',
+    ["cause"],
 )
