@@ -134,7 +134,7 @@ class ServerSettings(_Section):
     """The most requests the front door works on at once once their headers are in (receiving a body, waiting for a
     worker or in one); beyond it, 503 with ``Retry-After``. With ``max_body_bytes`` it bounds the disk the body
     buffers take."""
-    max_inflight_body_bytes: int = Field(default=32_000_000, ge=1_000_000)
+    max_inflight_body_bytes: int = Field(default=24_000_000, ge=1_000_000)
     """Per worker process: the sum of the bodies of the requests it works on at once. A request whose body does not
     fit beside the others gets 503 with ``Retry-After`` (a body up to ``max_body_bytes`` always fits alone)."""
     retry_after_seconds: int = Field(default=2, ge=1, le=3600)

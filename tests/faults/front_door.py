@@ -261,6 +261,18 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+def rss_bytes(pid: int) -> int:
+    """The resident set size of a process: what it has touched, shared pages included."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def tree_memory(root: int) -> int:
     return sum(pss_bytes(pid) for pid in process_tree(root))
 
