@@ -18,7 +18,7 @@ COPY config ./config
 COPY examples/patients ./examples/patients
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-# --- runtime: the installed wheel, a non-root user, nothing else ----------------------------------------
+# --- runtime: the installed wheel, nginx (the front door), a non-root user, nothing else -----------------
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="nxp2-cds" \
       org.opencontainers.image.description="CDS Hooks 2.0 service: refractory disease and GI perforation risk in anti-NXP2 positive JDM" \
@@ -30,6 +30,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NXP2_CDS_SERVER__PORT=8080 \
     NXP2_CDS_DATABASE_URL=sqlite:////var/lib/nxp2-cds/nxp2-cds.sqlite3 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/nxp2-cds-metrics
+# nginx reads each request whole before a worker sees it (`nxp2-cds serve`, docs/deployment.md "Front door"); it
+# runs as the service's user with its files in the runtime folder (default /tmp), so its own folders stay unused
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx=1.22.* \
+    && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default
 RUN groupadd --system --gid 10001 nxp2 \
     && useradd --system --uid 10001 --gid nxp2 --home-dir /var/lib/nxp2-cds --shell /usr/sbin/nologin nxp2 \
     && mkdir -p /var/lib/nxp2-cds /etc/nxp2-cds \

@@ -273,6 +273,15 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def workers_of(supervisor: int) -> list[int]:
+    """The gunicorn workers: the processes of the tree whose parent is gunicorn's arbiter."""
+    tree = process_tree(supervisor)
+    names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in tree}
+    pythons = [pid for pid in tree if b"cds_service" in names[pid] and pid != supervisor]
+    arbiters = [pid for pid in pythons if int(Path(f"/proc/{pid}/stat").read_text().split()[3]) == supervisor]
+    return [pid for pid in pythons if pid not in arbiters]
+
+
 def tree_memory(root: int) -> int:
     return sum(pss_bytes(pid) for pid in process_tree(root))
 

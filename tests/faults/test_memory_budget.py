@@ -9,7 +9,6 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,11 +22,11 @@ from tests.faults.front_door import (
     manifest_memory_limit,
     outcome,
     post,
-    process_tree,
     require_nginx,
     rss_bytes,
     run_threads,
     tree_memory,
+    workers_of,
 )
 from tests.server_process import Served, running
 
@@ -141,21 +140,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield served
 
 
-def workers_of(server: Served) -> list[int]:
-    """The gunicorn workers: the processes of the tree whose parent is gunicorn's arbiter."""
-    tree = process_tree(server.pid)
-    names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in tree}
-    pythons = [pid for pid in tree if b"cds_service" in names[pid] and pid != server.pid]
-    arbiters = [pid for pid in pythons if int(Path(f"/proc/{pid}/stat").read_text().split()[3]) == server.pid]
-    return [pid for pid in pythons if pid not in arbiters]
-
-
 def test_one_large_request_costs_a_bounded_multiple_of_its_body(
     server: Served, big_body: bytes, record_property: Callable[[str, object], None]
 ) -> None:
     """One 9 MB hook call alone: the growth of the worker that serves it (its resident set, every 10 ms) is recorded
     against the body's size (parsing 9 MB of JSON into Python objects alone takes about 5 times its size)."""
-    workers = workers_of(server)
+    workers = workers_of(server.pid)
     before = {pid: rss_bytes(pid) for pid in workers}
     peaks = dict(before)
     done = threading.Event()
