@@ -15,8 +15,9 @@ processes) and wraps it in :class:`RequestGuard` (the memory budget, 413 for chu
 CPU count (at least 2) and threads to 4. Prometheus samples of all workers are collected through a shared directory
 (see :mod:`metrics`).
 
-Shutdown (nginx): on SIGTERM or SIGINT ``/readyz`` answers 503 at once; after ``shutdown_delay_seconds`` nginx closes
-its listener and lets the requests in flight finish (at most ``graceful_timeout_seconds``); then the workers stop.
+Shutdown (nginx): on SIGTERM or SIGINT ``/readyz`` answers 503 at once and every answer says ``Connection: close`` (so
+keep-alive clients go elsewhere); after ``shutdown_delay_seconds`` nginx closes its listener and lets the requests in
+flight finish (at most ``graceful_timeout_seconds``); then the workers stop.
 """
 
 from __future__ import annotations
@@ -322,6 +323,7 @@ _NGINX_ERRORS: dict[int, tuple[int, str, str]] = {
 
 
 ERROR_PREFIX = "/.nxp2-cds-front-door-error/"
+DRAIN_PREFIX = "/.nxp2-cds-front-door-draining"
 
 
 def _nginx_string(text: str) -> str:
@@ -411,7 +413,16 @@ http {{
             proxy_pass http://workers;
         }}
         location / {{
+            if (-f "{draining}") {{
+                rewrite ^ {DRAIN_PREFIX}$uri last;
+            }}
             proxy_pass http://workers;
+        }}
+        # while draining, answers say "Connection: close", so keep-alive clients leave before the listener closes
+        location ^~ {DRAIN_PREFIX} {{
+            internal;
+            keepalive_timeout 0;
+            proxy_pass http://workers$request_uri;
         }}
 {pages}
     }}
