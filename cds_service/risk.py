@@ -12,6 +12,7 @@ Every assessment carries a ``decision`` code, so each "no card" has a reason in 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fhir_mappings import PatientFindings, State
@@ -94,9 +95,9 @@ def age_for(findings: PatientFindings, rules: Eligibility) -> tuple[int | None, 
     only a recorded date, else age now; ``(None, None)`` when it cannot be known."""
     diagnosis = findings.predictors.get(rules.diagnosis) if rules.diagnosis else None
     detail = diagnosis.basis_detail if diagnosis is not None and diagnosis.state is State.PRESENT else {}
-    onset_age = detail.get("onset_age_years")
+    onset_age = _years(detail.get("onset_age_years"))
     if onset_age is not None:
-        return int(float(onset_age)), "onset"
+        return onset_age, "onset"
     birth = findings.birth_date
     if birth is None:
         return None, None
@@ -107,6 +108,16 @@ def age_for(findings: PatientFindings, rules: Eligibility) -> tuple[int | None, 
     if findings.age_years is None:
         return None, None
     return findings.age_years, "now"
+
+
+def _years(value: str | None) -> int | None:
+    """Completed years from a decimal age as the mapping wrote it (``"7.50"``); ``None`` unless 0 to 150: the
+    mapping bounds it already, and an age outside that range (or NaN) must not decide eligibility."""
+    try:
+        years = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return int(years) if 0 <= years < 150 else None
 
 
 def assess(findings: PatientFindings, knowledge: KnowledgeBase) -> Assessment:

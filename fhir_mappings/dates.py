@@ -1,7 +1,9 @@
 """FHIR ``date`` / ``dateTime`` / ``instant`` strings → aware datetimes, and where a resource keeps its date.
 
 Partial dates (``2024``, ``2024-05``) mean the start of the period. Values without a time zone are read as UTC.
-Nothing here raises on bad input: an unreadable date is ``None`` and the caller records why.
+Nothing here raises on bad input: an unreadable date is ``None`` and the caller records why. Unreadable includes
+what Python's calendar cannot hold: ``0001-01-01T00:00:00+01:00`` is a moment of the year 0 in UTC, and
+``9999-12-31T23:59:59-01:00`` one of the year 10000; and a time-zone offset beyond FHIR's -14:00..+14:00.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
+_MAX_LENGTH = 64
+"""Longer than any FHIR instant (``2024-05-01T10:00:00.123456789+14:00`` is 35 characters): not a date."""
+_MAX_OFFSET = timedelta(hours=14)
 
 
 def parse_fhir_datetime(value: object) -> datetime | None:
     """Parse a FHIR date, dateTime or instant into an aware UTC datetime, or ``None`` if it is not one."""
-    if not isinstance(value, str) or len(value) < 4:
+    if not isinstance(value, str) or not 4 <= len(value) <= _MAX_LENGTH:
         return None
     if len(value) <= 7:
         m = _PARTIAL.match(value)
@@ -34,7 +39,13 @@ def parse_fhir_datetime(value: object) -> datetime | None:
         return parsed.replace(tzinfo=UTC)
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    offset = parsed.utcoffset()
+    if offset is None or abs(offset) > _MAX_OFFSET:
+        return None
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # the UTC moment falls outside the years 1..9999
+        return None
 
 
 def parse_fhir_date(value: object) -> date | None:
@@ -83,4 +94,13 @@ def completed_years(birth: date, on: date) -> int:
 
 
 def days_before(at: datetime, days: int) -> datetime:
-    return at - timedelta(days=days)
+    return shifted(at, -timedelta(days=days))
+
+
+def shifted(at: datetime, delta: timedelta) -> datetime:
+    """``at + delta``, held at the ends of the calendar instead of raising ``OverflowError`` (an evaluation time near
+    the year 1 or 9999 still gets a look-back window and a future tolerance)."""
+    try:
+        return at + delta
+    except OverflowError:
+        return (datetime.min if delta < timedelta(0) else datetime.max).replace(tzinfo=at.tzinfo)

@@ -39,9 +39,11 @@ from typing import Any
 from .dates import (
     completed_years,
     condition_effective,
+    days_before,
     observation_effective,
     parse_fhir_date,
     parse_fhir_datetime,
+    shifted,
 )
 from .model import PatientFindings, PredictorFinding, Source, State
 from .rules import (
@@ -60,6 +62,7 @@ from .values import (
     AnswerSets,
     Verdict,
     as_number,
+    bounded,
     meets,
     parse_grade,
     parse_number_text,
@@ -78,6 +81,8 @@ _REF_RANGE_TEXT = re.compile(
     r"|^\s*0(?:\.0+)?\s*[-–~～]\s*(\d+(?:\.\d+)?)"  # "0-10", "0~10"
     r"|(?i:cut-?\s*off|临界值|界值)\D{0,6}?(\d+(?:\.\d+)?)"  # "cut-off 20", "临界值 20"
 )
+_MAX_REFERENCE_TEXT = 200
+"""Longer reference-range or ratio texts are notes: not searched for numbers (bounded regex work)."""
 _MAX_BUNDLE_DEPTH = 4
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -383,7 +388,7 @@ class _Run:
         if raw is not None and when is None:
             self.skip(resource, "unreadable-date")
             return False
-        if when is not None and when > self.at + timedelta(hours=self.rules.data.future_tolerance_hours):
+        if when is not None and when > shifted(self.at, timedelta(hours=self.rules.data.future_tolerance_hours)):
             self.skip(resource, "future-dated")
             return False
         return True
@@ -396,7 +401,7 @@ class _Run:
         the newest one outside it."""
         inside: list[_Item] = []
         stale: _Item | None = None
-        since = self.at - timedelta(days=lookback_days) if lookback_days is not None else None
+        since = days_before(self.at, lookback_days) if lookback_days is not None else None
         for concept in concepts:
             for item in self.items.get(concept, ()):
                 if item.rtype != rtype:
@@ -539,7 +544,7 @@ class _Run:
 
     def pending_items(self, concepts: Sequence[str], lookback_days: int | None) -> list[_Item]:
         """Preliminary / registered results of ``concepts`` inside the look-back window, newest first."""
-        since = self.at - timedelta(days=lookback_days) if lookback_days is not None else None
+        since = days_before(self.at, lookback_days) if lookback_days is not None else None
         found = [
             item
             for concept in concepts
@@ -681,7 +686,7 @@ class _Run:
         if converted is None and molar_unit is not None and per_unit is not None:
             molar = self.units.convert(number, unit, molar_unit)
             converted = None if molar is None else molar / per_unit
-        return converted
+        return bounded(converted)
 
     def read_grade(self, item: _Item, rule: GradeRule) -> _Reading | None:
         if not self.valid(item.resource):
@@ -718,7 +723,7 @@ class _Run:
             ratio = part["valueRatio"]
             numerator = as_number((ratio.get("numerator") or {}).get("value"))
             denominator = as_number((ratio.get("denominator") or {}).get("value"))
-            number = numerator / denominator if numerator is not None and denominator else None
+            number = bounded(numerator / denominator) if numerator is not None and denominator else None
         elif "valueString" in part and isinstance(part["valueString"], str):
             number = _number_in_text(part["valueString"])
         if number is None or number < 0:
@@ -844,7 +849,11 @@ def _ratio(run: _Run, pid: str, rule: RatioRule) -> PredictorFinding:
         if top is None or bottom is None or bottom <= 0:
             run.skip(numerator.resource, "unit-not-convertible")
             return None
-        return top / bottom, (run.source(numerator, None, None), run.source(denominator, None, None))
+        ratio = bounded(top / bottom)
+        if ratio is None:
+            run.skip(numerator.resource, "unrecognised-value")
+            return None
+        return ratio, (run.source(numerator, None, None), run.source(denominator, None, None))
 
     gap = timedelta(minutes=rule.pair_max_gap_minutes)
     pairs = [
@@ -870,7 +879,11 @@ def _bmi(run: _Run, pid: str, rule: BmiRule) -> PredictorFinding:
             run.source(weight, _round(kg), rule.weight_unit),
             run.source(height, _round(metres), rule.height_unit),
         )
-        return kg / (metres * metres), sources
+        bmi = bounded(kg / (metres * metres)) if metres * metres > 0 else None
+        if bmi is None:  # a height so small (1e-300 m) that the arithmetic breaks: not a measurement
+            run.skip(height.resource, "unrecognised-value")
+            return None
+        return bmi, sources
 
     weights = [i for i in items if i.concept in rule.weight_valuesets]
     heights = [i for i in items if i.concept in rule.height_valuesets]
@@ -1242,10 +1255,10 @@ def _reference_range_verdict(number: float, comparator: str | None, ranges: obje
             met = meets(number, comparator, ">", high)
             return Verdict.INDETERMINATE if met is None else (Verdict.POSITIVE if met else Verdict.NEGATIVE)
         text = reference.get("text")
-        if isinstance(text, str):
+        if isinstance(text, str) and len(text) <= _MAX_REFERENCE_TEXT:
             m = _REF_RANGE_TEXT.match(text) or _REF_RANGE_TEXT.search(text)
-            if m is not None:
-                limit = float(m.group(2) or m.group(3) or m.group(4))
+            limit = bounded(float(m.group(2) or m.group(3) or m.group(4))) if m is not None else None
+            if m is not None and limit is not None:
                 operator = ">=" if m.group(1) in ("<", "＜") else ">"
                 met = meets(number, comparator, operator, limit)
                 return Verdict.INDETERMINATE if met is None else (Verdict.POSITIVE if met else Verdict.NEGATIVE)
@@ -1256,8 +1269,8 @@ _NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
 
 
 def _number_in_text(text: str) -> float | None:
-    m = _NUMBER.match(text)
-    return float(m.group(1)) if m else None
+    m = _NUMBER.match(text) if len(text) <= _MAX_REFERENCE_TEXT else None
+    return bounded(float(m.group(1))) if m else None
 
 
 def _pairs(tops: list[_Item], bottoms: list[_Item], gap: timedelta) -> Iterator[tuple[_Item, _Item]]:

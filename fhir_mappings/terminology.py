@@ -42,6 +42,16 @@ _MIN_ICD_CATEGORY = 3
 _NOTHING: frozenset[str] = frozenset()
 _MEMO_LIMIT = 100_000
 """Memoised lookups kept at most (then forgotten at once): bounded memory whatever the input."""
+MAX_TEXT = 1_000
+"""Text patterns see at most this many characters of a display or text: test names are far shorter, and a 1 MB
+``code.text`` (sent on every Observation of a chart) would otherwise cost every pattern a full scan each time."""
+MAX_CODE = 1_000
+"""Longer codes or systems match nothing (no value set holds one) and are not memoised."""
+
+
+def _seen(text: str) -> str:
+    """The part of ``text`` the patterns look at."""
+    return text[:MAX_TEXT] if len(text) > MAX_TEXT else text
 
 
 class TerminologyError(ValueError):
@@ -130,6 +140,8 @@ class Terminology:
         memoised: a chart repeats the same few hundred codes, so each is normalised and looked up once."""
         if not isinstance(system, str) or not isinstance(code, str):
             return _NOTHING
+        if len(system) > MAX_CODE or len(code) > MAX_CODE:
+            return _NOTHING
         key = (system, code)
         found = self._memo.get(key)
         if found is None:
@@ -172,10 +184,11 @@ class Terminology:
 
     def text_matches(self, concept_id: str, text: str) -> bool:
         pattern = self.concepts[concept_id].text_pattern
-        return pattern is not None and pattern.search(text) is not None
+        return pattern is not None and pattern.search(_seen(text)) is not None
 
     def survey_concepts_for_text(self, text: str) -> frozenset[str]:
         """The concepts whose text pattern or survey pattern matches ``text``: names that look like the concept."""
+        text = _seen(text)
         return frozenset(
             cid
             for cid, concept in self.concepts.items()
@@ -185,6 +198,7 @@ class Terminology:
 
     def concepts_for_text(self, text: str) -> frozenset[str]:
         """The concepts whose text pattern matches ``text`` (memoised: the same displays recur endlessly)."""
+        text = _seen(text)
         key = ("", text)
         found = self._memo.get(key)
         if found is None:

@@ -86,12 +86,29 @@ def verdict_of_interpretation(terminology: Terminology, sets: AnswerSets, interp
 # -- numbers -------------------------------------------------------------------------------------------
 
 
+MAX_MAGNITUDE = 1e15
+"""The largest magnitude read as a value, before and after unit conversion. No laboratory or body measurement comes
+near it (a cell count per litre is ~1e12); far larger ones (1e308) are not results, would overflow in arithmetic
+(a BMI from them) and cannot be written with the 28 significant digits the locale formatting works in."""
+
+
+def bounded(number: float | None) -> float | None:
+    """``number`` when finite and at most :data:`MAX_MAGNITUDE` in magnitude, else ``None``."""
+    if number is None or not math.isfinite(number) or abs(number) > MAX_MAGNITUDE:
+        return None
+    return number
+
+
 def as_number(value: object) -> float | None:
-    """A JSON number as float (``bool`` is not a number; NaN and infinities are rejected)."""
+    """A JSON number as float (``bool`` is not a number; NaN, infinities, magnitudes beyond :data:`MAX_MAGNITUDE`
+    and integers beyond a float's range are rejected: Python's JSON readers give such integers exactly, and
+    ``float()`` of them raises)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    try:
+        return bounded(float(value))
+    except OverflowError:
+        return None
 
 
 _TITER = re.compile(r"(?<![\d.])(<=|>=|<|>|≤|≥)?\s*1\s*[:/：]\s*(\d+(?:\.\d+)?)(?![\d.])")
@@ -109,7 +126,10 @@ def parse_titer(text: str) -> tuple[str | None, float] | None:
     if m is None or _DIGIT.search(text[: m.start()] + text[m.end() :]):
         return None
     comparator = m.group(1)
-    return (_COMPARATORS.get(comparator, comparator) if comparator else None), float(m.group(2))
+    titer = bounded(float(m.group(2)))
+    if titer is None:
+        return None
+    return (_COMPARATORS.get(comparator, comparator) if comparator else None), titer
 
 
 _MAX_VALUE_TEXT = 200
@@ -127,8 +147,8 @@ def parse_number_text(text: str) -> tuple[str | None, float, str | None] | None:
     m = _NUMBER_TEXT.match(text)
     if m is None:
         return None
-    number = float(m.group(2).replace(",", "") + (m.group(3) or ""))
-    if not math.isfinite(number):
+    number = bounded(float(m.group(2).replace(",", "") + (m.group(3) or "")))
+    if number is None:
         return None
     comparator = m.group(1)
     unit = m.group(4) or None
