@@ -7,12 +7,66 @@ needed to use it). Requests from CDS Hooks 1.0 clients fit the same models.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 USER_REFERENCE = r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
+
+# -- bounds on what feedback stores --------------------------------------------------------------------------
+#
+# A NUL character (U+0000) or a lone surrogate in a feedback string is refused (400), not stripped: PostgreSQL
+# cannot store NUL in text (the write failed with a 500 before this check), and no encoding holds a lone
+# surrogate. Stripping would silently change what the client sent: two different card ids ("a\u0000b", "ab")
+# could become one and a duplicate, and the client would never learn that it sends broken strings. Legitimate
+# feedback never holds either character, so refusing costs nothing and says exactly what is wrong.
+_UNSTORABLE = re.compile("[\u0000\ud800-\udfff]")
+
+
+def _storable(value: str) -> str:
+    if _UNSTORABLE.search(value):
+        raise ValueError("must not contain NUL (U+0000) or unpaired surrogate characters")
+    return value
+
+
+StoredText = Annotated[str, AfterValidator(_storable)]
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
+_LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+
+
+def _timestamp_text(value: object) -> object:
+    """``outcomeTimestamp`` is a JSON string (CDS Hooks: an ISO-8601 dateTime), never a number of seconds."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO-8601 date-time string with a time zone")
+    return value
+
+
+def _in_calendar(value: datetime) -> datetime:
+    """The instant in UTC; refused when it is not representable there (``0001-01-01T00:00:00+01:00`` is in the
+    year 0 in UTC) or within a day of the calendar's ends (every later date arithmetic on it must stay safe)."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the range of dates this service can store") from None
+    if not _EARLIEST <= utc <= _LATEST:
+        raise ValueError("is outside the range of dates this service can store")
+    return utc
+
+
+OutcomeTimestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text), AfterValidator(_in_calendar)]
 
 
 class FhirAuthorization(BaseModel):
@@ -70,22 +124,22 @@ class Coding(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    system: str = Field(min_length=1, max_length=1024)
-    code: str = Field(min_length=1, max_length=256)
-    display: str | None = Field(default=None, min_length=1, max_length=1024)
+    system: StoredText = Field(min_length=1, max_length=1024)
+    code: StoredText = Field(min_length=1, max_length=256)
+    display: StoredText | None = Field(default=None, min_length=1, max_length=1024)
 
 
 class OverrideReason(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     reason: Coding | None = None
-    userComment: str | None = Field(default=None, min_length=1, max_length=4000)
+    userComment: StoredText | None = Field(default=None, min_length=1, max_length=4000)
 
 
 class AcceptedSuggestion(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    id: str = Field(min_length=1, max_length=128)
+    id: StoredText = Field(min_length=1, max_length=128)
 
 
 class FeedbackItem(BaseModel):
@@ -93,11 +147,12 @@ class FeedbackItem(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
-    card: str = Field(min_length=1, max_length=128)
+    card: StoredText = Field(min_length=1, max_length=128)
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: tuple[AcceptedSuggestion, ...] | None = Field(default=None, min_length=1, max_length=100)
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: AwareDatetime
+    outcomeTimestamp: OutcomeTimestamp
+    """Normalised to UTC here, so storing it never converts an edge-of-calendar value."""
     extension: dict[str, Any] | None = None
 
     @model_validator(mode="after")
