@@ -42,15 +42,23 @@ class IssuerSettings(_Section):
     iss: str = Field(min_length=1)
     jwks_url: str | None = None
     jwks_file: Path | None = None
+    """A pinned JWK Set (read at start-up): used for this issuer's tokens even when they carry ``jku``."""
+    jwks: dict[str, Any] | None = None
+    """The pinned JWK Set inline (``{ keys = [ … ] }``), instead of ``jwks_file``."""
     jku_allowlist: tuple[str, ...] = ()
-    """``jku`` header values this issuer may point to (besides ``jwks_url``)."""
+    """``jku`` header values this issuer may point to (besides ``jwks_url``); with a pinned JWK Set they are allowed
+    in tokens but never fetched."""
     tenants: tuple[str, ...] | None = None
     """When set, the token's ``tenant`` claim must be one of these."""
 
     @model_validator(mode="after")
     def _has_keys(self) -> IssuerSettings:
-        if not (self.jwks_url or self.jwks_file or self.jku_allowlist):
-            raise ValueError(f"issuer {self.iss!r} needs jwks_url, jwks_file or jku_allowlist")
+        if not (self.jwks_url or self.jwks_file or self.jwks or self.jku_allowlist):
+            raise ValueError(f"issuer {self.iss!r} needs jwks_url, jwks_file, jwks or jku_allowlist")
+        if self.jwks_file is not None and self.jwks is not None:
+            raise ValueError(f"issuer {self.iss!r}: jwks_file and jwks both pin keys; give one")
+        if self.jwks is not None and not isinstance(self.jwks.get("keys"), list):
+            raise ValueError(f"issuer {self.iss!r}: jwks must be a JWK Set ({{ keys = [ ... ] }})")
         return self
 
 

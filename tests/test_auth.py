@@ -21,11 +21,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
+from jwt.algorithms import ECAlgorithm
+from prometheus_client import REGISTRY
 from pytest_httpserver import HTTPServer
 
 import cds_service.api
 import cds_service.prefetch
+from cds_service.auth import MAX_JWKS_BYTES
 from cds_service.client_tokens import ClientKey
+from cds_service.settings import SettingsError, load_settings
 from tests.builders import condition, hook_request, patient
 from tests.http_support import FEEDBACK_URL, SERVICE_URL, AppFactory
 from tests.synthetic_patients import nxp2_positive
@@ -296,3 +300,216 @@ def test_openapi_document_needs_no_token(world: World) -> None:
     """The OpenAPI description is public and declares the bearer JWT scheme."""
     document = world.app.test_client().get("/openapi.json").get_json()
     assert document["components"]["securitySchemes"]["cdsClientJwt"]["scheme"] == "bearer"
+
+
+# -- claims of the wrong type (issue 13.1) ------------------------------------------------------------------------
+
+
+def _signed_json(key: ClientKey, header: dict[str, Any], payload: dict[str, Any]) -> str:
+    """A correctly signed token whose header and claims are exactly these (NaN and huge numbers included)."""
+    head = b64(json.dumps(header, allow_nan=True).encode())
+    body = b64(json.dumps(payload, allow_nan=True).encode())
+    assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)
+    signature = ECAlgorithm(ECAlgorithm.SHA384).sign(f"{head}.{body}".encode(), key.private_key)
+    return f"{head}.{body}.{b64(signature)}"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+ILL_TYPED: dict[str, Callable[[], tuple[dict[str, Any], dict[str, Any]]]] = {
+    "exp-string": lambda: ({}, {"exp": str(_now() + 300)}),
+    "iat-string": lambda: ({}, {"iat": str(_now())}),
+    "nbf-string": lambda: ({}, {"nbf": str(_now())}),
+    "exp-huge-integer": lambda: ({}, {"exp": 10**30}),
+    "exp-1e308": lambda: ({}, {"exp": 1e308}),
+    "exp-nan": lambda: ({}, {"exp": float("nan")}),
+    "iat-nan": lambda: ({}, {"iat": float("nan")}),
+    "nbf-nan": lambda: ({}, {"nbf": float("nan")}),
+    "exp-boolean": lambda: ({}, {"exp": True}),
+    "iat-negative-huge": lambda: ({}, {"iat": -(10**30)}),
+    "jti-number": lambda: ({}, {"jti": 12345}),
+    "jti-list": lambda: ({}, {"jti": ["a"]}),
+    "jti-lone-surrogate": lambda: ({}, {"jti": "\ud800"}),
+    "jti-10k": lambda: ({}, {"jti": "j" * 10_000}),
+    "iss-number": lambda: ({}, {"iss": 1}),
+    "iss-list": lambda: ({}, {"iss": [EHR]}),
+    "aud-number": lambda: ({}, {"aud": 1}),
+    "aud-object": lambda: ({}, {"aud": {"url": SERVICE_AUD}}),
+    "alg-list": lambda: ({"alg": ["ES384"]}, {}),
+    "alg-object": lambda: ({"alg": {"ES384": 1}}, {}),
+}
+
+
+@pytest.mark.parametrize("change", list(ILL_TYPED.values()), ids=list(ILL_TYPED))
+def test_correctly_signed_token_with_ill_typed_claims_is_401(world: World, change: Callable[..., Any]) -> None:
+    """A correctly signed JWT whose exp/iat/nbf is a string, a huge number, NaN or a boolean, or whose jti, iss, aud
+    or alg has the wrong type, gets 401 (a string exp, an alg list and a lone-surrogate jti were 500s)."""
+    header_change, claims_change = change()
+    header = {"alg": "ES384", "typ": "JWT", "kid": world.ehr.kid} | header_change
+    assert_rejected(world, world.post(_signed_json(world.ehr, header, claims() | claims_change)))
+
+
+def test_overlong_token_is_refused_before_decoding(world: World) -> None:
+    """An Authorization value longer than any client JWT (100 kB) gets 401."""
+    assert_rejected(world, world.post("a" * 100_000))
+
+
+# -- trust that works offline (issue 13.9) ------------------------------------------------------------------------
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _fetches(server: HTTPServer, path: str) -> int:
+    return sum(1 for request, _ in server.log if request.path == path)
+
+
+def _pinned_app(make_app: AppFactory, pinned: dict[str, Any], jku_allowlist: list[str]) -> Flask:
+    issuer = {"iss": SANDBOX, "jku_allowlist": jku_allowlist} | pinned
+    return make_app(public_base_url=PUBLIC, auth={"mode": "required", "issuers": [issuer], "allow_http": True})
+
+
+def _post(app: Flask, token: str) -> Any:
+    return app.test_client().post(SERVICE_URL, json=REQUEST, headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture(params=["jwks_file", "jwks"])
+def pinned(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """The sandbox's public keys pinned in the configuration, as a file or inline."""
+    sandbox = client_keys()[2]
+    if request.param == "jwks":
+        return {"jwks": sandbox.jwks()}
+    path = tmp_path / "sandbox-jwks.json"
+    path.write_text(json.dumps(sandbox.jwks()))
+    return {"jwks_file": str(path)}
+
+
+def test_pinned_jwks_is_used_even_when_the_token_carries_jku(
+    make_app: AppFactory, httpserver: HTTPServer, pinned: dict[str, Any]
+) -> None:
+    """A token with an allowlisted jku is verified against the pinned JWK Set, and the jku is never fetched (the
+    issuer's URL is unreachable: trust works offline)."""
+    jku = httpserver.url_for("/sandbox/jwks.json")
+    httpserver.expect_request("/sandbox/jwks.json").respond_with_data("down", status=503)
+    app = _pinned_app(make_app, pinned, [jku])
+    response = _post(app, client_keys()[2].token(iss=SANDBOX, aud=SERVICE_AUD, jku=jku))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert _fetches(httpserver, "/sandbox/jwks.json") == 0
+
+
+def test_pinned_jwks_does_not_admit_a_jku_off_the_allowlist(
+    make_app: AppFactory, httpserver: HTTPServer, pinned: dict[str, Any]
+) -> None:
+    """With a pinned JWK Set, a token whose jku is not on the issuer's allowlist is still refused, and nothing is
+    fetched."""
+    app = _pinned_app(make_app, pinned, [httpserver.url_for("/sandbox/jwks.json")])
+    response = _post(app, client_keys()[2].token(iss=SANDBOX, aud=SERVICE_AUD, jku=httpserver.url_for("/evil.json")))
+    assert response.status_code == 401
+    assert httpserver.log == []
+
+
+def test_pinned_jwks_with_an_unknown_kid_is_refused_without_fetching(
+    make_app: AppFactory, httpserver: HTTPServer, pinned: dict[str, Any]
+) -> None:
+    """A kid that the pinned JWK Set does not hold is refused; the allowlisted jku is not fetched to look for it."""
+    jku = httpserver.url_for("/sandbox/jwks.json")
+    app = _pinned_app(make_app, pinned, [jku])
+    stranger = ClientKey.generate("ES384", kid="not-pinned")
+    assert _post(app, stranger.token(iss=SANDBOX, aud=SERVICE_AUD, jku=jku)).status_code == 401
+    assert httpserver.log == []
+
+
+def test_inline_jwks_and_jwks_file_together_are_refused(tmp_path: Path) -> None:
+    """An issuer may pin its keys once: jwks_file and inline jwks together stop the configuration."""
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(client_keys()[2].jwks()))
+    issuer = {"iss": SANDBOX, "jwks_file": str(path), "jwks": client_keys()[2].jwks()}
+    with pytest.raises(SettingsError, match="jwks_file and jwks"):
+        load_settings(auth={"issuers": [issuer]})
+
+
+def test_inline_jwks_must_be_a_jwk_set() -> None:
+    """An inline jwks without a ``keys`` list stops the configuration with a message naming it."""
+    with pytest.raises(SettingsError, match="must be a JWK Set"):
+        load_settings(auth={"issuers": [{"iss": SANDBOX, "jwks": {"kty": "EC"}}]})
+
+
+def _answering(**response: Any) -> Callable[[HTTPServer], str]:
+    """The issuer's JWKS URL on the test server, answering ``response``."""
+
+    def configure(server: HTTPServer) -> str:
+        server.expect_request("/jwks.json").respond_with_data(**response)
+        return server.url_for("/jwks.json")
+
+    return configure
+
+
+JWKS_FAILURES: dict[str, tuple[Callable[[HTTPServer], str], str]] = {
+    "network": (lambda server: "http://127.0.0.1:9/jwks.json", "network"),
+    "status": (_answering(response_data='{"error": "down"}', status=500, content_type="application/json"), "status"),
+    "redirect": (_answering(response_data="", status=302, headers={"Location": "/other.json"}), "status"),
+    "not-json": (_answering(response_data="<html>maintenance</html>"), "not-a-jwk-set"),
+    "not-a-jwk-set": (_answering(response_data='{"keys": "none"}', content_type="application/json"), "not-a-jwk-set"),
+    "too-large": (_answering(response_data=b" " * (MAX_JWKS_BYTES + 1)), "too-large"),
+}
+
+
+@pytest.mark.parametrize("failure", list(JWKS_FAILURES.values()), ids=list(JWKS_FAILURES))
+def test_jwks_fetch_failure_has_its_own_reason_and_metric(
+    make_app: AppFactory,
+    httpserver: HTTPServer,
+    capsys: pytest.CaptureFixture[str],
+    failure: tuple[Callable[[HTTPServer], str], str],
+) -> None:
+    """When the issuer's JWKS cannot be fetched (network error, non-200, not JSON, not a JWK Set, too large) the
+    token is refused with the reason jwks-fetch-failed (not unknown-kid), logged with its cause and counted."""
+    configure, cause = failure
+    url = configure(httpserver)
+    issuers = [{"iss": EHR, "jwks_url": url}]
+    app = make_app(
+        public_base_url=PUBLIC,
+        auth={"mode": "required", "issuers": issuers, "allow_http": True, "jwks_timeout_seconds": 0.5},
+    )
+    refused = _sample("nxp2_cds_auth_failures_total", reason="jwks-fetch-failed")
+    failed = _sample("nxp2_cds_jwks_fetch_failures_total", cause=cause)
+    capsys.readouterr()
+    assert _post(app, client_keys()[0].token(iss=EHR, aud=SERVICE_AUD)).status_code == 401
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert {"event": "auth.rejected", "reason": "jwks-fetch-failed"}.items() <= next(
+        line for line in lines if line["event"] == "auth.rejected"
+    ).items()
+    assert any(line["event"] == "auth.jwks_fetch_failed" and line["cause"] == cause for line in lines)
+    assert _sample("nxp2_cds_auth_failures_total", reason="jwks-fetch-failed") == refused + 1
+    assert _sample("nxp2_cds_jwks_fetch_failures_total", cause=cause) == failed + 1
+
+
+def test_cached_jwks_is_used_while_the_issuer_is_unreachable(make_app: AppFactory, httpserver: HTTPServer) -> None:
+    """Keys fetched once keep working after their cache time while the JWKS URL fails: the stale copy is used."""
+    ehr = client_keys()[0]
+    httpserver.expect_ordered_request("/jwks.json").respond_with_json(ehr.jwks())
+    httpserver.expect_ordered_request("/jwks.json").respond_with_data("down", status=503)
+    issuers = [{"iss": EHR, "jwks_url": httpserver.url_for("/jwks.json")}]
+    app = make_app(
+        public_base_url=PUBLIC,
+        auth={"mode": "required", "issuers": issuers, "allow_http": True, "jwks_cache_seconds": 0},
+    )
+    assert _post(app, ehr.token(iss=EHR, aud=SERVICE_AUD)).status_code == 200
+    assert _post(app, ehr.token(iss=EHR, aud=SERVICE_AUD)).status_code == 200
+    assert _fetches(httpserver, "/jwks.json") == 2
+
+
+def test_unknown_kid_with_a_reachable_jwks_is_still_unknown_kid(
+    make_app: AppFactory, httpserver: HTTPServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kid the issuer's (reachable) JWKS does not hold is refused as unknown-kid, not as a fetch failure."""
+    httpserver.expect_request("/jwks.json").respond_with_json(client_keys()[0].jwks())
+    issuers = [{"iss": EHR, "jwks_url": httpserver.url_for("/jwks.json")}]
+    app = make_app(public_base_url=PUBLIC, auth={"mode": "required", "issuers": issuers, "allow_http": True})
+    capsys.readouterr()
+    stranger = ClientKey.generate("ES384", kid="stranger")
+    assert _post(app, stranger.token(iss=EHR, aud=SERVICE_AUD)).status_code == 401
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [line["reason"] for line in lines if line["event"] == "auth.rejected"] == ["unknown-kid"]
