@@ -94,8 +94,8 @@ SPOOL_PENDING = Gauge(
 SPOOL_RECORDS = Counter(
     "nxp2_cds_spool_records_total",
     "Issued-card records by what the spool did with them: spooled, written (to the database), dropped_full (beyond "
-    "[database] spool_max_bytes), dropped_error (the spool could not be written), dropped_closed, corrupt (unreadable "
-    "after a crash).",
+    "[database] spool_max_bytes), dropped_error (the spool could not be written), dropped_closed, rejected (refused "
+    "by the database one by one, or unreadable after a crash).",
     ["event"],
 )
 REQUESTS_REFUSED = Counter(

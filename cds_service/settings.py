@@ -170,7 +170,7 @@ class DatabaseSettings(_Section):
     """The longest wait for a free connection in this process's pool."""
     retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     """``Retry-After`` of the 503 answered (to feedback) while the database is unavailable."""
-    readiness_timeout_seconds: float = Field(default=1.5, gt=0, le=10)
+    readiness_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
     """``/readyz`` gives up on the database after this long (and answers at once while an earlier check still
     waits)."""
     readiness_requires_database: bool = True

@@ -130,6 +130,12 @@ class Deployment:
         response = requests.get(self.served.url + path, timeout=30)
         return Answer(path, phase, response.status_code, time.monotonic() - started)
 
+    def metric(self, name: str) -> float:
+        """A sample of /metrics (all workers), 0 when absent."""
+        text = requests.get(self.served.url + "/metrics", timeout=10).text
+        found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
     def workers(self) -> list[int]:
         """The PIDs of the live gunicorn workers (from the log), oldest first."""
         pids = [int(m) for m in BOOTED.findall(self.served.log.read_text(errors="replace"))]
@@ -228,11 +234,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         store.dispose()
         key = ClientKey.generate("ES384", kid="ehr-1")
         (root / "jwks.json").write_text(json.dumps(key.jwks()))
+        (root / "metrics").mkdir()
         settings = {
             "NXP2_CDS_DATABASE_URL": url,
             "NXP2_CDS_AUTH__ISSUERS": json.dumps([{"iss": EHR, "jwks_file": str(root / "jwks.json")}]),
             "NXP2_CDS_DATABASE__SPOOL_DIR": str(root / "spool"),
             "NXP2_CDS_SERVER__THREADS": "4",
+            "PROMETHEUS_MULTIPROC_DIR": str(root / "metrics"),  # as the container and the manifest set it
         }
         with running(root, "--no-migrate", workers=2, settings=settings) as served:
             yield Deployment(served, cluster, key, root / "spool")
@@ -251,6 +259,11 @@ class Run:
     stored_cards: set[str] = field(default_factory=set)
     acknowledged: set[str] = field(default_factory=set)
     stored_feedback: set[str] = field(default_factory=set)
+    pending_during: float = 0.0
+    """nxp2_cds_spool_pending_records during the outage."""
+    pending_after: float = -1.0
+    fallbacks: float = 0.0
+    """nxp2_cds_jwt_replay_fallback_total after the fault."""
     killed: int | None = None
     killed_at: float = 0.0
     replaced: bool = False
@@ -263,6 +276,9 @@ class Run:
         wait_until(lambda: deployment.stored("issued_cards", "uuid", self.issued) == self.issued, SETTLE_S)
         self.stored_cards = deployment.stored("issued_cards", "uuid", self.issued)
         self.stored_feedback = deployment.stored("feedback", "card_uuid", self.acknowledged)
+        wait_until(lambda: deployment.metric("nxp2_cds_spool_pending_records") == 0, 5)  # published each 0.5 s
+        self.pending_after = deployment.metric("nxp2_cds_spool_pending_records")
+        self.fallbacks = deployment.metric("nxp2_cds_jwt_replay_fallback_total")
 
 
 def feedback_until_stored(deployment: Deployment, run: Run) -> None:
@@ -298,10 +314,11 @@ def stopped(deployment: Deployment) -> Run:
                 card = next(u for a in load.hooks() for u in a.cards)
                 probes.append(deployment.feedback(session, card, "outage"))
         load.wait("outage", 100)
+        pending = deployment.metric("nxp2_cds_spool_pending_records")
         deployment.cluster.start()
         load.phase = "after"
         load.finish("after", 40)
-    run = Run(load, probes)
+    run = Run(load, probes, pending_during=pending)
     feedback_until_stored(deployment, run)
     run.settle(deployment)
     return run
@@ -347,6 +364,12 @@ def test_stopped_database_loses_no_acknowledged_feedback(stopped: Run) -> None:
 def test_feedback_is_stored_again_once_the_database_is_back(stopped: Run) -> None:
     """After the restart, feedback is answered 200 again within seconds."""
     assert stopped.after[-1].status == 200
+
+
+def test_stopped_database_metrics_show_what_waits_and_the_fallback(stopped: Run) -> None:
+    """During the outage nxp2_cds_spool_pending_records counts the records waiting, and afterwards 0; the replay
+    checks answered from memory are counted."""
+    assert (stopped.pending_during > 0, stopped.pending_after, stopped.fallbacks > 0) == (True, 0.0, True)
 
 
 # --- the database hung (SIGSTOP) ----------------------------------------------------------------------------------
