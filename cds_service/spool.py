@@ -470,8 +470,8 @@ class SpoolingCardRecorder(CardRecorder):
             self._after_fork_in_child()
         thread = self._thread
         if thread is None or not thread.is_alive():
-            if self._closed:
-                return self._spool.pending_records == 0
+            if self._closed or (thread is None and self._spool.pending_records == 0):
+                return self._spool.pending_records == 0  # nothing of this process's waits (a pre-fork parent)
             self._start()
         deadline = time.monotonic() + timeout
         marker = _SpoolFlush()
@@ -480,6 +480,9 @@ class SpoolingCardRecorder(CardRecorder):
         except queue.Full:
             return False
         return marker.done.wait(max(0.0, deadline - time.monotonic())) and marker.written
+
+    def _flush_at_exit(self) -> None:
+        self.close(timeout=5.0)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what waits (if the database answers), stop the writer, close the files (what still waits stays on
