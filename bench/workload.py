@@ -170,5 +170,7 @@ def request(
             "patient": resources[0],
             "observations": bundle("Observation"),
             "conditions": bundle("Condition"),
+            # the discovery's "laboratory" template; every Observation of the chart is already in "observations"
+            "laboratory": {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []},
         }
     return document

@@ -1,0 +1,177 @@
+"""The front door: `nxp2-cds serve` with nginx in front of gunicorn (today's) beside gunicorn alone (before), same
+workers and threads, measured in the same run: closed-loop throughput, p99 at a fixed 100 requests/s, and p99 of a
+normal client while 100 clients send their headers at one byte a second. Loopback only, bounded in time and count;
+every process started here is stopped by its PID."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import requests
+
+from bench import workload
+from bench.http_scenario import _loadgen, free_port
+from bench.stats import percentile
+
+WORKERS, THREADS = 2, 4  # as deploy/kubernetes runs it
+SERVICE = "/cds-services/nxp2-jdm-risk"
+SLOW_CLIENTS = 100
+
+
+@contextmanager
+def serve(front_door: str) -> Iterator[int]:
+    """`nxp2-cds serve` with ``front_door`` (nginx or gunicorn) on a free loopback port; yields the port."""
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix=f"nxp2-bench-{front_door}-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NXP2_CDS_")} | {
+        "NXP2_CDS_SERVER__FRONT_DOOR": front_door,
+        "NXP2_CDS_DATABASE_URL": f"sqlite:///{folder}/bench.sqlite3",
+    }
+    command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port)]
+    command += ["--workers", str(WORKERS), "--threads", str(THREADS)]
+    process = subprocess.Popen(
+        command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"nxp2-cds serve ({front_door}) did not start")
+            time.sleep(0.2)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(40)
+        except subprocess.TimeoutExpired:  # gunicorn alone may wait for the slow clients' threads: not our business
+            os.killpg(process.pid, 9)
+            process.wait(10)
+
+
+def _slow_headers(port: int, count: int, seconds: float, stop: threading.Event) -> None:
+    """``count`` connections sending a request header one byte a second, reopened when closed, for ``seconds``."""
+    head = f"POST {SERVICE} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode()
+    sockets: list[socket.socket] = []
+
+    def opened() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(head)
+        return sock
+
+    deadline = time.monotonic() + seconds
+    try:
+        sockets = [opened() for _ in range(count)]
+        while not stop.is_set() and time.monotonic() < deadline:
+            for index, sock in enumerate(sockets):
+                try:
+                    sock.send(b"a")
+                except OSError:
+                    sock.close()
+                    sockets[index] = opened()
+            stop.wait(1.0)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def under_slow_clients(port: int, body: bytes, requests_count: int, rate: float) -> dict[str, Any]:
+    """p50/p99 of a normal client (``rate`` hook calls a second, 5 s timeout each) while 100 slow-header clients
+    are connected; timed-out or failed calls are counted, not timed."""
+    stop = threading.Event()
+    crowd = threading.Thread(
+        target=_slow_headers, args=(port, SLOW_CLIENTS, requests_count / rate + 10, stop), daemon=True
+    )
+    crowd.start()
+    time.sleep(1.5)
+    latencies: list[float] = []
+    failures = 0
+    began = time.monotonic()
+    hard_stop = began + requests_count / rate + 10  # a starved server must not keep the bench for minutes
+    sent = 0
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    for index in range(requests_count):
+        if time.monotonic() > hard_stop:
+            break
+        sent += 1
+        scheduled = began + index / rate
+        delay = scheduled - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            connection.request("POST", SERVICE, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            if response.status == 200:
+                latencies.append((time.monotonic() - scheduled) * 1000)
+            else:
+                failures += 1
+        except (OSError, http.client.HTTPException):
+            failures += 1
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.close()
+    stop.set()
+    crowd.join(15)
+    return {
+        "slow_clients": SLOW_CLIENTS,
+        "requests": requests_count,
+        "sent": sent,
+        "answered": len(latencies),
+        "failed_or_timed_out": failures,
+        "p50_ms": round(percentile(latencies, 50), 3) if latencies else None,
+        "p99_ms": round(percentile(latencies, 99), 3) if latencies else None,
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    body = orjson.dumps(workload.request(100))
+    results: dict[str, Any] = {"workers": WORKERS, "threads": THREADS, "prefetch_resources": 100}
+    results["load_average_before"] = round(os.getloadavg()[0], 2)  # other work on the machine skews both alike
+    kinds = ("gunicorn", "nginx")
+    with serve("gunicorn") as old_port, serve("nginx") as new_port:
+        ports = {"gunicorn": old_port, "nginx": new_port}
+        urls = {kind: f"http://127.0.0.1:{port}{SERVICE}" for kind, port in ports.items()}
+        for kind in kinds:  # warm every worker thread of both
+            _loadgen("closed", urls[kind], body, concurrency=8, duration=1.0)
+        closed: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        for _ in range(2):  # alternate, so drift (and the other work on the machine) hits both alike
+            for kind in kinds:
+                closed[kind].append(
+                    _loadgen("closed", urls[kind], body, concurrency=16, duration=3.0 if quick else 8.0)
+                )
+        for kind in kinds:
+            best = max(closed[kind], key=lambda r: r["throughput_rps"])
+            discovery = f"http://127.0.0.1:{ports[kind]}/cds-services"  # no body, no database: the door's own cost
+            results[kind] = {
+                "throughput": best | {"runs_rps": [r["throughput_rps"] for r in closed[kind]]},
+                "discovery_throughput": _loadgen(
+                    "closed", discovery, None, concurrency=16, duration=3.0 if quick else 5.0
+                ),
+                "at_100_rps": _loadgen("open", urls[kind], body, rate=100, duration=5 if quick else 10),
+            }
+        for kind in ("nginx", "gunicorn"):  # gunicorn last: its threads are held until the slow clients leave
+            results[kind]["under_slow_clients"] = under_slow_clients(ports[kind], body, 100 if quick else 200, 20.0)
+    results["load_average_after"] = round(os.getloadavg()[0], 2)
+    old, new = results["gunicorn"], results["nginx"]
+    results["throughput_ratio"] = round(new["throughput"]["throughput_rps"] / old["throughput"]["throughput_rps"], 3)
+    results["p99_at_100_rps_ratio"] = round(new["at_100_rps"]["p99_ms"] / old["at_100_rps"]["p99_ms"], 3)
+    results["discovery_throughput_ratio"] = round(
+        new["discovery_throughput"]["throughput_rps"] / old["discovery_throughput"]["throughput_rps"], 3
+    )
+    return results
