@@ -226,7 +226,10 @@ BODIES: list[Hostile] = [
     Hostile("bundle-entry-scalars", document=altered("prefetch.observations.entry", ["x", 1, None, [], True])),
     Hostile("bundle-entry-resource-number", document=altered("prefetch.observations.entry", [{"resource": 1}])),
     Hostile("resource-type-number", document=altered("prefetch.conditions", {"resourceType": 1})),
-    Hostile("bundle-in-bundle", document=altered("prefetch.conditions.entry", [{"resource": searchset(ferritin(900), condition("R60.0"))}])),
+    Hostile(
+        "bundle-in-bundle",
+        document=altered("prefetch.conditions.entry", [{"resource": searchset(ferritin(900), condition("R60.0"))}]),
+    ),
     Hostile("extension-list", document=altered("extension", [])),
     Hostile("request-is-an-array-of-requests", document=[VALID, VALID]),
     # charts: dates at the edges of the calendar, unreadable dates (read as "unreadable-date": 200)
