@@ -336,6 +336,30 @@ def test_hook_calls_answer_with_cards_while_the_database_is_locked(
     assert (len(uuids), count(url)) == (20, 20)
 
 
+def test_refuse_mode_answers_hook_calls_503_during_an_outage(service: Callable[..., Flask], tmp_path: Path) -> None:
+    """With replay_fallback = "refuse" and the database down, an authenticated hook call gets 503 with Retry-After
+    and an OperationOutcome (never a 500, never cards without the shared replay check)."""
+    key = ClientKey.generate("ES384", kid="ehr-1")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(key.jwks()))
+    app = service(
+        refused_url(),
+        migrate=False,
+        public_base_url=PUBLIC,
+        auth={"mode": "required", "issuers": [{"iss": EHR, "jwks_file": str(jwks)}]},
+        database={"replay_fallback": "refuse"},
+    )
+    token = key.token(iss=EHR, aud=PUBLIC + SERVICE_URL)
+    response = app.test_client().post(
+        SERVICE_URL, json=hook_request(CHART), headers={"Authorization": f"Bearer {token}"}
+    )
+    assert (response.status_code, response.headers.get("Retry-After"), response.get_json()["resourceType"]) == (
+        503,
+        "5",
+        "OperationOutcome",
+    )
+
+
 def test_readyz_answers_within_its_bound_when_the_database_hangs(
     silent_server: int, service: Callable[..., Flask]
 ) -> None:
