@@ -5,6 +5,7 @@ JSON. Loopback only, bounded: about 25 s."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -202,3 +203,48 @@ def test_gunicorn_alone_also_gives_413_for_an_oversized_chunked_body(tmp_path: P
         assert outcome(body)["issue"][0]["code"] == "too-long"  # type: ignore[index]
         small = orjson.dumps(workload.request(10))
         assert post(served.port, SERVICE, small)[0] == 200
+
+
+def test_serve_refuses_an_open_address_without_nginx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """front_door = "auto" with no nginx installed: off loopback serve refuses to start (exit 2, one line naming the
+    fix); front_door = "nginx" refuses anywhere."""
+    from click.testing import CliRunner
+
+    from cds_service.cli import main
+
+    for name in [k for k in os.environ if k.startswith("NXP2_CDS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("NXP2_CDS_AUTH__MODE", "disabled")
+    monkeypatch.setenv("NXP2_CDS_PUBLIC_BASE_URL", "https://cds.example.org")
+    monkeypatch.setenv("NXP2_CDS_SERVER__NGINX", "/nonexistent/nginx")
+    result = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--port", "8099"])
+    assert result.exit_code == 2
+    assert "refusing to serve on 0.0.0.0 without nginx in front" in result.stderr
+    monkeypatch.setenv("NXP2_CDS_SERVER__FRONT_DOOR", "nginx")
+    result = CliRunner().invoke(main, ["serve", "--port", "8099"])
+    assert result.exit_code == 2
+    assert "'/nonexistent/nginx' is not installed" in result.stderr
+
+
+def test_the_nginx_configuration_carries_the_settings(tmp_path: Path) -> None:
+    """The generated nginx configuration holds the [server] timeouts and limits, max_body_bytes, the workers'
+    socket, and an OperationOutcome for each of nginx's own errors."""
+    from cds_service.server import _NGINX_ERRORS, nginx_config
+    from cds_service.settings import ServerSettings
+
+    settings = ServerSettings(header_timeout_seconds=7, body_timeout_seconds=8, keepalive_seconds=9)
+    text = nginx_config("::1", 8443, tmp_path, settings, max_body_bytes=1234, unix_socket=tmp_path / "w.sock")
+    for line in (
+        "listen [::1]:8443",
+        "client_header_timeout 7s;",
+        "client_body_timeout 8s;",
+        "keepalive_timeout 9s;",
+        "client_max_body_size 1234;",
+        f"server unix:{tmp_path / 'w.sock'};",
+        f"worker_connections {settings.max_connections};",
+        f"limit_conn active {settings.max_active_requests};",
+    ):
+        assert line in text
+    for status in _NGINX_ERRORS:
+        assert f"error_page {status} = " in text
+    assert '"resourceType":"OperationOutcome"' in text
