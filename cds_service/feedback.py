@@ -72,6 +72,7 @@ DEADLINE_MARGIN_S: Final = 0.5
 REQUEST_DB_THREADS: Final = 4
 """Database calls of requests run in at most this many threads per process: while the database hangs, the stuck
 calls hold these threads and no request thread."""
+READINESS_LOG_INTERVAL_S: Final = 60.0
 HEALTH_PROBE_INTERVAL_S: Final = 1.0
 """While the database is known to be unavailable, one background probe at most this often finds out it is back."""
 _PG_MIGRATION_LOCK: Final = 0x6E78_7032_6D69_6772  # "nxp2migr": one key for every instance of the service
@@ -869,6 +870,7 @@ class Store:
         self._calls = BoundedCalls("nxp2-cds-db", REQUEST_DB_THREADS)
         self._probes = BoundedCalls("nxp2-cds-db-probe", 1)
         self._readiness = BoundedCalls("nxp2-cds-db-readiness", 1)
+        self._next_readiness_log = 0.0
 
     def __repr__(self) -> str:
         return f"Store({self.safe_url!r})"
@@ -928,11 +930,12 @@ class Store:
         try:
             revision = self._readiness.call(self.current_revision, self.settings.readiness_timeout_seconds)
         except (SQLAlchemyError, DatabaseTimeout) as exc:
-            if isinstance(exc, AVAILABILITY_ERRORS):
-                self.health.failed("readiness", exc)  # logged once per outage
-            else:
-                logger.warning("database readiness check failed: %s", type(exc).__name__)
             reason = "timeout" if isinstance(exc, DatabaseTimeout | sa.exc.TimeoutError) else type(exc).__name__
+            if isinstance(exc, AVAILABILITY_ERRORS) and not isinstance(exc, DatabaseTimeout):
+                self.health.failed("readiness", exc)  # logged once per outage (slow is not down: requests decide)
+            elif started >= self._next_readiness_log:  # probes come every few seconds: say it once a minute
+                self._next_readiness_log = started + READINESS_LOG_INTERVAL_S
+                logger.warning("database readiness check failed: %s", reason)
             return Readiness(False, False, reason, time.monotonic() - started)
         self.probe_in_background()
         return Readiness(True, revision == self.head_revision(), None, time.monotonic() - started)
