@@ -933,9 +933,11 @@ class Store:
             reason = "timeout" if isinstance(exc, DatabaseTimeout | sa.exc.TimeoutError) else type(exc).__name__
             if isinstance(exc, AVAILABILITY_ERRORS) and not isinstance(exc, DatabaseTimeout):
                 self.health.failed("readiness", exc)  # logged once per outage (slow is not down: requests decide)
-            elif started >= self._next_readiness_log:  # probes come every few seconds: say it once a minute
-                self._next_readiness_log = started + READINESS_LOG_INTERVAL_S
-                logger.warning("database readiness check failed: %s", reason)
+            else:
+                _database_errors("readiness", exc)
+                if started >= self._next_readiness_log:  # probes come every few seconds: say it once a minute
+                    self._next_readiness_log = started + READINESS_LOG_INTERVAL_S
+                    logger.warning("database readiness check failed: %s", reason)
             return Readiness(False, False, reason, time.monotonic() - started)
         self.probe_in_background()
         return Readiness(True, revision == self.head_revision(), None, time.monotonic() - started)
