@@ -23,6 +23,10 @@ from prometheus_client import (
 )
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+if os.environ.get(MULTIPROC_ENV):
+    # prometheus_client refuses a multiprocess folder that does not exist yet (a fresh /tmp in a container, where
+    # the image sets the variable for `serve` and every other command imports this module): create it, ours alone.
+    os.makedirs(os.environ[MULTIPROC_ENV], mode=0o700, exist_ok=True)
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 REQUESTS = Counter(

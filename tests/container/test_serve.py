@@ -51,7 +51,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = "ex-fatal-course"
 START_SECONDS = 90.0
 STOP_SECONDS = 30.0  # gunicorn's graceful timeout is 20 s
-SIZE_LIMIT = 600_000_000
+SIZE_LIMIT = 800_000_000
+"""The Debian stand-in base is ~242 MB; numpy and scipy (the exact statistics and rcpchgrowth's WHO growth tables)
+are ~215 MB of the rest."""
 # what `buildah run` itself changes in the root filesystem: /run, where it places /run/.containerenv for the run
 BUILDAH_OWN = {"/run": "changed"}
 
@@ -128,7 +130,7 @@ def patient_view(base_url: str) -> dict[str, Any]:
 
 def test_image_size_is_reported(image: str, request: pytest.FixtureRequest, record_property: Any) -> None:
     """The image's size is printed at the end of the run and recorded (junit property image_size_bytes); it stays
-    under 600 MB."""
+    under 800 MB."""
     size = image_size(image)
     request.config.stash[IMAGE_SIZE] = (image, size)
     record_property("image_size_bytes", size)
