@@ -19,7 +19,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -204,21 +204,16 @@ class Formatter:
         return _posix(self.language)
 
     def number(self, value: float) -> str:
-        pattern = "#,##0.0" if abs(value) >= 10 else "#,##0.00"
-        return str(format_decimal(value, format=pattern, locale=self._locale))
+        return _number(value, self._locale)
 
     def percent(self, rate: float) -> str:
-        return str(format_percent(rate, locale=self._locale))
+        return _percent(rate, self._locale)
 
     def date(self, recorded: str | None) -> str | None:
         """A FHIR date or dateTime as the locale writes a date; partial dates (``2024``, ``2024-05``) as recorded."""
         if not recorded or len(recorded) < 10:
             return recorded
-        try:
-            day = dt.date.fromisoformat(recorded[:10])
-        except ValueError:
-            return recorded[:10]
-        return str(format_date(day, format="medium", locale=self._locale))
+        return _date(recorded[:10], self._locale)
 
     def iso_date(self, recorded: str | None) -> dt.date | None:
         """The calendar date of a FHIR date or dateTime (``None`` when partial or unreadable)."""
@@ -244,6 +239,28 @@ class Formatter:
 
     def display_name(self) -> str:
         return str(Locale.parse(self._locale).get_display_name(self._locale) or self.language)
+
+
+# Babel parses its patterns on every call; the same few values recur on every card (the cohort's rates, the
+# dates of a chart), so the formatted strings are memoised, bounded.
+@lru_cache(maxsize=4096)
+def _number(value: float, locale: str) -> str:
+    pattern = "#,##0.0" if abs(value) >= 10 else "#,##0.00"
+    return str(format_decimal(value, format=pattern, locale=locale))
+
+
+@lru_cache(maxsize=512)
+def _percent(rate: float, locale: str) -> str:
+    return str(format_percent(rate, locale=locale))
+
+
+@lru_cache(maxsize=4096)
+def _date(day: str, locale: str) -> str:
+    try:
+        parsed = dt.date.fromisoformat(day)
+    except ValueError:
+        return day
+    return str(format_date(parsed, format="medium", locale=locale))
 
 
 # -- extraction (Babel) --------------------------------------------------------------------------------
