@@ -39,8 +39,6 @@ import requests
 import structlog
 from requests.adapters import HTTPAdapter
 
-from . import metrics
-
 DEFAULT_REQUEST_TIMEOUT = 2.0
 """Seconds for one FHIR request (connect + read), unless the settings say otherwise."""
 FHIR_JSON = "application/fhir+json"
@@ -222,8 +220,9 @@ def _path(raw: str) -> str:
 
 
 def _refused(reason: str, message: str, where: str) -> FhirNotAllowed:
-    """Count and log a refusal: the reason and where, never the URL (it may name the patient)."""
-    metrics.FHIR_REFUSED.labels(reason).inc()
+    """Log a refusal: the reason and where, never the URL (it may name the patient). The HTTP edge counts it
+    (prefetch): this module stays free of the metrics registry, which must not be imported before ``serve`` has
+    chosen its multiprocess folder."""
     log.warning("fhir_url_refused", reason=reason, where=where)
     return FhirNotAllowed(message, reason)
 

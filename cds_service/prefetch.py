@@ -25,7 +25,7 @@ from fhir_mappings import FindingRule
 from . import metrics
 from .engine import Engine
 from .errors import BadRequest, Issue, PayloadTooLarge, PreconditionFailed
-from .fhir_client import FhirClient, FhirError, has_next_page
+from .fhir_client import FhirClient, FhirError, FhirNotAllowed, has_next_page
 from .protocol import HookRequest, PatientViewContext
 
 Json = dict[str, Any]
@@ -150,6 +150,8 @@ def resolve(
             result.resources.extend(client.follow_pages(bundle))
     except FhirError as exc:
         metrics.FHIR_CALLS.labels(type(exc).__name__).inc()
+        if isinstance(exc, FhirNotAllowed):
+            metrics.FHIR_REFUSED.labels(exc.reason).inc()
         raise _unavailable(keys, str(exc)) from exc
     finally:
         if client is not None:
