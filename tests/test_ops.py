@@ -128,3 +128,16 @@ def test_metrics_carry_no_patient_data(moved: tuple[Samples, Samples]) -> None:
     """No label value names a patient."""
     _, after = moved
     assert not [key for key in after if "pat-1" in str(key)]
+
+
+def test_importing_the_cli_does_not_load_the_metrics_registry() -> None:
+    """`nxp2-cds serve` must choose the Prometheus multiprocess folder before prometheus_client is first imported
+    (it decides multiprocess mode at import): importing the command line loads neither."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, cds_service.cli; print('prometheus_client' in sys.modules, 'cds_service.metrics' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.split() == ["False", "False"]
