@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 
 from cds_service.engine import Engine
@@ -9,6 +12,20 @@ from cds_service.knowledge import KnowledgeBase, load_knowledge
 from fhir_mappings import Terminology
 
 pytest_plugins = ["tests.http_support", "tests.db_fixtures"]
+_SERVICE_ENVIRONMENT = ("NXP2_CDS_", "PROMETHEUS_MULTIPROC_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _service_environment_restored() -> Iterator[None]:
+    """`nxp2-cds serve` invoked in-process (CliRunner) hands its workers their settings through the environment
+    (NXP2_CDS_SERVER__HOST/PORT, PROMETHEUS_MULTIPROC_DIR): whatever a test leaves there is undone, so no later
+    test runs with another test's server address or metrics folder."""
+    before = {k: v for k, v in os.environ.items() if k.startswith(_SERVICE_ENVIRONMENT)}
+    yield
+    for key in [k for k in os.environ if k.startswith(_SERVICE_ENVIRONMENT)]:
+        if key not in before:
+            del os.environ[key]
+    os.environ.update(before)
 
 
 @pytest.fixture(scope="session")
