@@ -303,11 +303,13 @@ class _Renderer:
         finding = self._finding(_BMI)
         measured = finding.effective
         bmi = finding.value if isinstance(finding.value, float) else None
+        rule = self.kb.predictors[_BMI].rule
         growth = bmi_for_age(
             self.findings.sex,
             self.findings.birth_date,
             self.fmt.iso_date(measured),
             bmi,
+            plausible=(getattr(rule, "plausible_min", None), getattr(rule, "plausible_max", None)),
         )
         words = self.words
         if growth.missing is not None or growth.z is None or growth.centile is None:

@@ -44,9 +44,6 @@ REFERENCE_ERROR: Final = "reference-error"
 
 MAX_AGE_YEARS: Final = 19.0
 """The WHO 2007 reference ends at 19 years; an age at or above it has no BMI-for-age."""
-PLAUSIBLE_BMI: Final = (8.0, 80.0)
-"""kg/m²: the knowledge base's plausibility bounds for a recorded BMI (``plausible_min`` / ``plausible_max`` of
-``bmi_lt_15``); outside them an entry or unit error is likelier than the child."""
 
 _NORMAL: Final = NormalDist()
 
@@ -104,17 +101,28 @@ def _as_date(value: object) -> date | None:
     return None
 
 
-def bmi_for_age(sex: str | None, birth_date: date | None, measured: date | None, bmi: float | None) -> GrowthContext:
+def bmi_for_age(
+    sex: str | None,
+    birth_date: date | None,
+    measured: date | None,
+    bmi: float | None,
+    *,
+    plausible: tuple[float | None, float | None] = (None, None),
+) -> GrowthContext:
     """The BMI-for-age z-score and centile of a child of ``sex`` (``"male"`` / ``"female"``) born on
-    ``birth_date`` whose BMI (kg/m²) was ``bmi`` on ``measured``. Never raises."""
+    ``birth_date`` whose BMI (kg/m²) was ``bmi`` on ``measured``. ``plausible`` is the knowledge base's range for
+    a recorded BMI (``plausible_min`` / ``plausible_max`` of ``bmi_lt_15``): outside it, out-of-range. Never
+    raises."""
     try:
-        return _bmi_for_age(sex, birth_date, measured, bmi)
+        return _bmi_for_age(sex, birth_date, measured, bmi, plausible)
     except Exception:
         # the contract is "never raises": what the checks above let through and still fails is the library's
         return GrowthContext(missing=REFERENCE_ERROR)
 
 
-def _bmi_for_age(sex: object, birth_date: object, measured: object, bmi: object) -> GrowthContext:
+def _bmi_for_age(
+    sex: object, birth_date: object, measured: object, bmi: object, plausible: tuple[float | None, float | None]
+) -> GrowthContext:
     born, on = _as_date(birth_date), _as_date(measured)
     age = decimal_age(born, on) if born is not None and on is not None else None
     if bmi is None or isinstance(bmi, bool) or not isinstance(bmi, int | float):
@@ -123,8 +131,9 @@ def _bmi_for_age(sex: object, birth_date: object, measured: object, bmi: object)
         return GrowthContext(age_years=age, missing=SEX_UNKNOWN)
     if age is None:
         return GrowthContext(missing=AGE_UNKNOWN)
-    low, high = PLAUSIBLE_BMI
-    if not (0.0 <= age < MAX_AGE_YEARS and low <= bmi <= high):  # NaN and infinities fail the comparison
+    low = plausible[0] if plausible[0] is not None else 0.0
+    high = plausible[1] if plausible[1] is not None else math.inf
+    if not (0.0 <= age < MAX_AGE_YEARS and low <= bmi <= high and math.isfinite(bmi)):  # NaN fails every comparison
         return GrowthContext(age_years=age, missing=OUT_OF_RANGE)
     value = float(bmi)
     z = _library().sds_for_measurement(

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from cds_service import growth
 from cds_service.engine import Engine
 from cds_service.growth import GrowthContext, bmi_for_age
+from cds_service.knowledge import load_knowledge
 from fhir_mappings import extract_findings
 from tests.builders import AT, PID, patient
 
@@ -180,7 +181,10 @@ def test_measurement_before_birth_is_out_of_range() -> None:
 @pytest.mark.parametrize("bmi", [0.0, -15.0, 7.9, 80.1, 1e300, math.nan, math.inf, -math.inf])
 def test_implausible_bmi_is_out_of_range(bmi: float) -> None:
     """A BMI outside the knowledge base's plausible 8-80 kg/m² (or not finite) is out-of-range."""
-    assert bmi_for_age("female", BORN, _on(1461), bmi).missing == "out-of-range"
+    rule = load_knowledge().predictors["bmi_lt_15"].rule
+    plausible = (getattr(rule, "plausible_min", None), getattr(rule, "plausible_max", None))
+    assert plausible == (8, 80)
+    assert bmi_for_age("female", BORN, _on(1461), bmi, plausible=plausible).missing == "out-of-range"
 
 
 def test_integer_bmi_is_a_bmi() -> None:
