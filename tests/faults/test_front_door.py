@@ -1,7 +1,8 @@
 """Slow, half-sent and silent clients against `nxp2-cds serve` (nginx in front of two gunicorn workers, as the
-manifest runs it): they hold no worker, a normal client keeps its p99 under 50 ms, and each hostile connection is
-closed within the configured timeout. Oversized chunked bodies get 413, and nginx's own errors are OperationOutcome
-JSON. Loopback only, bounded: about 25 s."""
+manifest runs it): they hold no worker (no normal call ever waits as long as a hostile client's timeout, which is
+what a call queued behind a held worker would wait), and each hostile connection is closed within the configured
+timeout. Oversized chunked bodies get 413, and nginx's own errors are OperationOutcome JSON. Loopback only, bounded:
+about 25 s. The p99 of normal traffic under slow clients is a benchmark (bench/front_door.py), not a timed assertion."""
 
 from __future__ import annotations
 
@@ -63,8 +64,10 @@ def test_hostile_clients_hold_no_worker_and_are_closed_in_time(
 ) -> None:
     """100 clients sending their headers at one byte a second, 20 that stop halfway through a body, 10 that send
     a body at one byte a second and 20 that send nothing — each reopened as soon as it is closed, for 12 s — while a
-    normal client makes 300 hook calls at 40 a second: its p99 stays under 50 ms and none fails; every slow-header
-    and silent connection is closed within the header timeout, every half-sent body within the body timeout."""
+    normal client makes 300 hook calls at 40 a second: none fails and none waits as long as the header timeout (a
+    call queued behind a worker held by a hostile client would wait that long; p50/p99 are reported); every
+    slow-header and silent connection is closed within the header timeout, every half-sent body within the body
+    timeout."""
     body = orjson.dumps(workload.request(100))
     crowd = Crowd(server.port, {"slow_header": 100, "half_body": 20, "slow_body": 10, "silent": 20}, seconds=12)
     crowd.start()
@@ -79,7 +82,7 @@ def test_hostile_clients_hold_no_worker_and_are_closed_in_time(
     )
     record_property("p99_ms_under_slow_clients", round(normal.p99_ms, 2))
     assert normal.failures == []
-    assert normal.p99_ms < 50
+    assert max(normal.seconds) < HEADER_TIMEOUT - 0.5
     by_kind: dict[str, list[float]] = {}
     for hostile in crowd.finished:
         assert hostile.closed is not None
