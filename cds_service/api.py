@@ -248,8 +248,10 @@ def healthz() -> Response:
 def readyz() -> Response:
     """Readiness: the database answers with the current schema; the knowledge base and value sets are loaded.
 
-    Answers within ``[database] readiness_timeout_seconds`` whatever the database does. With
-    ``readiness_requires_database = false`` an unreachable database is reported but does not make it not ready."""
+    Answers within ``[database] readiness_timeout_seconds`` whatever the database does. An unreachable database is
+    reported but does not make the replica not ready (it still answers hook calls), unless
+    ``readiness_requires_database = true``, or replay checks are refused during an outage (``replay_fallback =
+    "refuse"`` with authentication on: no hook call could be answered)."""
     rt = runtime()
     rt.recorder.start()  # a new worker's writer adopts the spool files of dead ones, traffic or not
     database = rt.store.readiness()
@@ -260,7 +262,7 @@ def readyz() -> Response:
         "value_sets": bool(rt.engine.terminology.concepts),
     }
     required = dict(checks)
-    if not database.database and not rt.settings.database.readiness_requires_database:
+    if not database.database and not database_required_for_readiness(rt):
         del required["database"], required["schema"]
     ready = all(required.values())
     body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
@@ -279,6 +281,13 @@ def readyz() -> Response:
             }
         }
     return json_response(body, 200 if ready else 503)
+
+
+def database_required_for_readiness(rt: Runtime) -> bool:
+    """Whether an unavailable database makes this replica not ready."""
+    db = rt.settings.database
+    refuses_hooks = db.replay_fallback == "refuse" and rt.auth is not None and rt.auth.required
+    return db.readiness_requires_database or refuses_hooks
 
 
 @docs.get("/metrics")

@@ -173,9 +173,12 @@ class DatabaseSettings(_Section):
     readiness_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
     """``/readyz`` gives up on the database after this long (and answers at once while an earlier check still
     waits)."""
-    readiness_requires_database: bool = True
-    """``/readyz`` answers 503 while the database is unavailable. With false it still reports the database but stays
-    ready: hook calls go on answering (from every replica) through an outage."""
+    readiness_requires_database: bool = False
+    """False (the default): ``/readyz`` reports an unavailable database but stays ready, so every replica stays in
+    the Service and hook calls go on answering through an outage (a reachable database with a schema that is not
+    current is still not ready). True: ``/readyz`` answers 503 while the database is unavailable. With
+    ``replay_fallback = "refuse"`` and authentication on, an unavailable database always makes a replica not ready
+    (it could answer no hook call)."""
     replay_fallback: Literal["memory", "refuse"] = "memory"
     """While the database is unavailable, JWT replay checks use this process's memory (``memory``: each worker
     refuses the ``jti`` values it has seen) or every authenticated call is refused with 503 (``refuse``)."""

@@ -363,8 +363,13 @@ def test_refuse_mode_answers_hook_calls_503_during_an_outage(service: Callable[.
 def test_readyz_answers_within_its_bound_when_the_database_hangs(
     silent_server: int, service: Callable[..., Flask]
 ) -> None:
-    """/readyz answers 503 within readiness_timeout_seconds when the database never answers, naming the timeout."""
-    app = service(f"postgresql+psycopg://nobody@127.0.0.1:{silent_server}/nothing", migrate=False)
+    """With readiness_requires_database = true, /readyz answers 503 within readiness_timeout_seconds when the
+    database never answers, naming the timeout."""
+    app = service(
+        f"postgresql+psycopg://nobody@127.0.0.1:{silent_server}/nothing",
+        migrate=False,
+        database={"readiness_requires_database": True},
+    )
     started = time.monotonic()
     response = app.test_client().get("/readyz")
     elapsed = time.monotonic() - started
@@ -377,7 +382,11 @@ def test_readyz_answers_at_once_while_an_earlier_check_still_waits(
     silent_server: int, service: Callable[..., Flask]
 ) -> None:
     """A second /readyz while the first one's check is still stuck answers at once (503), without a new wait."""
-    client = service(f"postgresql+psycopg://nobody@127.0.0.1:{silent_server}/nothing", migrate=False).test_client()
+    client = service(
+        f"postgresql+psycopg://nobody@127.0.0.1:{silent_server}/nothing",
+        migrate=False,
+        database={"readiness_requires_database": True},
+    ).test_client()
     client.get("/readyz")
     started = time.monotonic()
     response = client.get("/readyz")
@@ -397,17 +406,37 @@ def test_healthz_never_touches_the_database(service: Callable[..., Flask], sqlit
 
 
 def test_readyz_can_report_the_database_and_stay_ready(service: Callable[..., Flask]) -> None:
-    """With readiness_requires_database = false, /readyz reports the unreachable database but answers 200."""
-    app = service(refused_url(), migrate=False, database={"readiness_requires_database": False})
+    """By default (readiness_requires_database = false) /readyz reports the unreachable database but answers 200:
+    the replica stays in the Service and goes on answering hook calls."""
+    app = service(refused_url(), migrate=False)
     response = app.test_client().get("/readyz")
     assert (response.status_code, response.get_json()["checks"]["database"]) == (200, False)
+
+
+def test_readyz_is_not_ready_when_replay_checks_are_refused_during_an_outage(
+    service: Callable[..., Flask], tmp_path: Path
+) -> None:
+    """With authentication on and replay_fallback = "refuse", an unreachable database makes /readyz 503 even by
+    default: such a replica could answer no hook call."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(ClientKey.generate("ES384", kid="ehr-1").jwks()))
+    app = service(
+        refused_url(),
+        migrate=False,
+        public_base_url=PUBLIC,
+        auth={"mode": "required", "issuers": [{"iss": EHR, "jwks_file": str(jwks)}]},
+        database={"replay_fallback": "refuse"},
+    )
+    response = app.test_client().get("/readyz")
+    assert (response.status_code, response.get_json()["checks"]["database"]) == (503, False)
 
 
 def test_a_worker_starts_while_the_database_is_unreachable(service: Callable[..., Flask]) -> None:
     """A worker (re)started during an outage builds its app and serves hooks; /readyz reports the database."""
     client = service(refused_url(), migrate=False).test_client()
     hook = client.post(SERVICE_URL, json=hook_request(CHART))
-    assert (hook.status_code, len(hook.get_json()["cards"]), client.get("/readyz").status_code) == (200, 2, 503)
+    ready = client.get("/readyz")
+    assert (hook.status_code, len(hook.get_json()["cards"]), ready.get_json()["checks"]["database"]) == (200, 2, False)
 
 
 def test_a_schema_that_is_not_current_still_stops_the_start(service: Callable[..., Flask], sqlite_url: str) -> None:

@@ -57,8 +57,9 @@ def test_readiness_warns_while_anti_nxp2_has_no_site_code(make_app: AppFactory) 
 
 
 def test_not_ready_when_the_database_is_down(make_app: AppFactory) -> None:
-    """/readyz answers 503 naming the failed check when the database cannot be reached."""
-    app = make_app()
+    """With readiness_requires_database = true, /readyz answers 503 naming the failed check when the database cannot
+    be reached."""
+    app = make_app(database={"readiness_requires_database": True})
     runtime_of(app).store = Store("postgresql+psycopg://nobody@127.0.0.1:9/nothing?connect_timeout=1")
     response = app.test_client().get("/readyz")
     assert (response.status_code, response.get_json()["checks"]["database"]) == (503, False)
