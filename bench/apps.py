@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, Response, request
+
+PARSE_ROUTE = "/bench/parse"
+"""The baseline route of issue 16, added to the service's own app here (never in cds_service): it reads the request
+body and parses it with ``json.loads``, nothing more, behind the same server, middleware and per-request hooks."""
 
 
 def service_settings(**overrides: Any) -> Any:
@@ -24,24 +29,30 @@ def service_app(**overrides: Any) -> Flask:
     return create_app(service_settings(**overrides), migrate=True)
 
 
-def hello_app() -> Flask:
-    """The baseline: a hello-world route in the same framework."""
-    app = Flask("hello")
+def add_parse_route(app: Flask) -> Flask:
+    """Give ``app`` the read-and-parse route (:data:`PARSE_ROUTE`)."""
 
-    @app.get("/hello")
-    def hello() -> str:
-        return "hello"
+    def parse_only() -> Response:
+        document = json.loads(request.get_data(cache=False))
+        return Response(b'{"cards":[]}' if isinstance(document, dict) else b"{}", mimetype="application/json")
 
-    @app.post("/hello")
-    def hello_post() -> str:
-        request.get_data()  # read the body, as the hook must
-        return "hello"
-
+    app.add_url_rule(PARSE_ROUTE, "bench_parse_only", parse_only, methods=["POST"])
     return app
 
 
-def gunicorn_app(kind: str) -> Flask:
-    """Factory used by the benchmark's gunicorn server: ``hook`` or ``hello``."""
-    if kind == "hello":
-        return hello_app()
-    return service_app(log_level=os.environ.get("BENCH_LOG_LEVEL", "INFO"))
+def gunicorn_app(kind: str = "hook") -> Any:
+    """The WSGI application of the benchmark's gunicorn server, as production's gunicorn loads it (the service behind
+    its RequestGuard), with the read-and-parse route beside the hook."""
+    from cds_service import create_app
+    from cds_service.server import RequestGuard
+
+    if kind != "hook":
+        raise ValueError(f"unknown app {kind!r}")
+    settings = service_settings(log_level=os.environ.get("BENCH_LOG_LEVEL", "INFO"))
+    app = add_parse_route(create_app(settings, migrate=True))
+    return RequestGuard(
+        app.wsgi_app,
+        max_body_bytes=settings.max_body_bytes,
+        budget_bytes=settings.server.max_inflight_body_bytes,
+        retry_after_seconds=settings.server.retry_after_seconds,
+    )

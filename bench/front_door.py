@@ -140,6 +140,10 @@ def under_slow_clients(port: int, body: bytes, requests_count: int, rate: float)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
+    from cds_service.server import find_nginx
+
+    if find_nginx() is None:
+        return {"skipped": "nginx is not installed (Debian: apt-get install nginx)"}
     body = orjson.dumps(workload.request(100))
     results: dict[str, Any] = {"workers": WORKERS, "threads": THREADS, "prefetch_resources": 100}
     results["load_average_before"] = round(os.getloadavg()[0], 2)  # other work on the machine skews both alike

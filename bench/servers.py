@@ -1,5 +1,6 @@
-"""Serve the hook app or the hello-world app with the production server configuration (gunicorn, as
-``nxp2-cds serve`` configures it): ``python -m bench.servers hook|hello --port P``."""
+"""Serve the service (with the bench's read-and-parse route beside it) the way ``nxp2-cds serve`` runs gunicorn:
+its gunicorn settings, its shared Prometheus folder, its malloc arena limit and its RequestGuard in each worker.
+``python -m bench.servers hook --port P [--workers N] [--threads N]``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import argparse
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
-
-from cds_service.server import gunicorn_options
 
 
 class BenchServer(BaseApplication):  # type: ignore[misc]
@@ -29,11 +28,15 @@ class BenchServer(BaseApplication):  # type: ignore[misc]
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["hook", "hello"])
+    parser.add_argument("kind", choices=["hook"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--threads", type=int)
     args = parser.parse_args()
+    from cds_service.server import gunicorn_options, limit_malloc_arenas, prepare_metrics_directory
+
+    prepare_metrics_directory()  # as `nxp2-cds serve`: before anything imports prometheus_client
+    limit_malloc_arenas()
     BenchServer(args.kind, gunicorn_options("127.0.0.1", args.port, args.workers, args.threads)).run()
 
 

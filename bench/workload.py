@@ -174,3 +174,13 @@ def request(
             "laboratory": {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []},
         }
     return document
+
+
+OTHER_RESOURCES = 6
+"""Besides its Observations, an eligible chart of more than 6 resources holds the Patient and 5 Conditions."""
+
+
+def observations_request(n: int) -> dict[str, Any]:
+    """A patient-view request whose prefetch holds exactly ``n`` Observations (with the Patient and 5 Conditions):
+    the unit the CQL-engine comparison counts in."""
+    return request(n + OTHER_RESOURCES)
