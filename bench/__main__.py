@@ -152,6 +152,12 @@ def _goal_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"# nxp2-cds benchmarks — {results['when']}", "", f"Machine: {results['machine']}", ""]
+    if "load_average_before" in results:
+        lines += [
+            f"Load average (1 min) on {os.cpu_count()} CPUs: {results['load_average_before']} at the start, "
+            f"{results.get('load_average_after')} at the end of the run.",
+            "",
+        ]
     when = {name: results[name].get("when", results["when"]) for name in (*SCENARIOS, "cql") if name in results}
     if len(set(when.values())) > 1:
         lines += ["Measured at: " + ", ".join(f"{name} {at}" for name, at in when.items()), ""]
@@ -337,6 +343,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}",
         "quick": args.quick,
+        "load_average_before": round(os.getloadavg()[0], 2),  # the machine is shared: other work slows every side
     }
     previous = RESULTS / "latest.json"
     if set(SCENARIOS) - set(chosen) and previous.is_file():  # a partial run keeps the other scenarios' last results
@@ -359,6 +366,7 @@ def main() -> None:
             results[name] = module.run(quick=args.quick)
         results[name]["elapsed_s"] = round(time.monotonic() - started, 1)
         results[name]["when"] = results["when"]
+    results["load_average_after"] = round(os.getloadavg()[0], 2)
     results["goals"] = goals(results)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
