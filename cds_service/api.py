@@ -27,6 +27,7 @@ from .engine import Engine
 from .errors import BadRequest, Issue, NotFound, UnsupportedMediaType
 from .feedback import CardRecorder, IssuedCard, Store
 from .fhir_client import Deadline, FhirClient, ServerPolicy
+from .front_door import FRONT_DOOR_HEADER, front_door_attempt
 from .i18n import negotiate
 from .prefetch import Resolved, build_templates, resolve
 from .protocol import FeedbackRequest, HookRequest, PatientViewContext
@@ -177,7 +178,11 @@ def _authenticate() -> None:
     rt = runtime()
     if request.method == "OPTIONS" or rt.auth is None or not rt.auth.required:
         return
-    identity = rt.auth.authenticate(request.headers.get("Authorization"), service_base_url(rt.settings) + request.path)
+    secret = rt.settings.server.front_door_secret
+    attempt = front_door_attempt(request.headers.get(FRONT_DOOR_HEADER), secret.get_secret_value() if secret else None)
+    identity = rt.auth.authenticate(
+        request.headers.get("Authorization"), service_base_url(rt.settings) + request.path, attempt=attempt
+    )
     structlog.contextvars.bind_contextvars(client_iss=identity.issuer, client_tenant=identity.tenant)
 
 

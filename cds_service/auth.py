@@ -14,7 +14,10 @@ Checked, per CDS Hooks 2.0 and its best practices, before the body is read:
    and a lifetime no longer than allowed; ``exp``/``iat``/``nbf`` must be JSON numbers (not strings, booleans, NaN)
    inside the calendar, ``jti`` a short string, or the token is refused;
 5. ``tenant`` when the issuer has a tenant allowlist;
-6. ``jti`` not seen before within the token's lifetime (a store shared by every worker and instance).
+6. ``jti`` not seen before within the token's lifetime (a store shared by every worker and instance) — except by the
+   same front-door request: when a worker dies with a request in flight, ``nxp2-cds serve``'s nginx hands that same
+   request to another worker, and the JWT it carries is then not a replay. The front door says which request it is
+   in a header only it can write (:mod:`cds_service.front_door`).
 
 Any failure is a 401 with ``WWW-Authenticate`` and no detail; the reason is logged (without the token).
 """
@@ -57,7 +60,9 @@ MAX_NUMERIC_DATE = 253_402_300_799
 
 
 class ReplayStore(Protocol):
-    def remember_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool: ...
+    def remember_jti(
+        self, issuer: str, jti: str, expires_at: datetime, now: datetime, *, attempt: str | None = None
+    ) -> bool: ...
 
 
 class AuthFailure(Exception):
@@ -228,16 +233,18 @@ class Authenticator:
     def required(self) -> bool:
         return self._settings.mode == "required"
 
-    def authenticate(self, authorization: str | None, audience: str) -> ClientIdentity:
-        """Verify the Authorization header for a call to ``audience``; raise :class:`Unauthorized` on any failure."""
+    def authenticate(self, authorization: str | None, audience: str, *, attempt: str | None = None) -> ClientIdentity:
+        """Verify the Authorization header for a call to ``audience``; raise :class:`Unauthorized` on any failure.
+        ``attempt``: the front door's id of this request (``front_door.front_door_attempt``), under which a ``jti``
+        already seen is this request handed on again, not a replay."""
         try:
-            return self._verify(authorization, audience)
+            return self._verify(authorization, audience, attempt)
         except AuthFailure as failure:
             log.warning("auth.rejected", reason=failure.reason)
             metrics.AUTH_FAILURES.labels(failure.reason).inc()
             raise Unauthorized("Authentication failed.", headers={"WWW-Authenticate": WWW_AUTHENTICATE}) from None
 
-    def _verify(self, authorization: str | None, audience: str) -> ClientIdentity:
+    def _verify(self, authorization: str | None, audience: str, attempt: str | None = None) -> ClientIdentity:
         if not authorization:
             raise AuthFailure("missing-authorization")
         scheme, _, token = authorization.partition(" ")
@@ -307,7 +314,7 @@ class Authenticator:
             tenant = None  # logged with every request: only a plain, short string
         now = self._clock()
         expires = datetime.fromtimestamp(exp + leeway, UTC)
-        if not self._replays.remember_jti(issuer.iss, jti, expires, datetime.fromtimestamp(now, UTC)):
+        if not self._replays.remember_jti(issuer.iss, jti, expires, datetime.fromtimestamp(now, UTC), attempt=attempt):
             raise AuthFailure("replayed-jti")
         return ClientIdentity(issuer.iss, tenant, jti)
 

@@ -173,11 +173,13 @@ seen_jtis = sa.Table(
     metadata,
     sa.Column("key", sa.String(64), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=False),
+    sa.Column("attempt", sa.String(32), nullable=True),
     sa.PrimaryKeyConstraint("key", name="pk_seen_jtis"),
     sa.Index("ix_seen_jtis_expires_at", "expires_at"),
 )
 """JWT ids already accepted, shared by every worker and instance on this database: ``key`` is a SHA-256 of the
-issuer and the ``jti`` (nothing else about the token is kept), ``expires_at`` when the token (plus leeway) expires."""
+issuer and the ``jti`` (nothing else about the token is kept), ``expires_at`` when the token (plus leeway) expires,
+``attempt`` the front door's id of the request that carried it (random, 32 hex digits; NULL without a front door)."""
 
 
 # --- values ------------------------------------------------------------------------------------------------------
@@ -769,7 +771,8 @@ class DatabaseHealth:
 
 
 class MemoryReplays:
-    """JWT ids this process accepted (keys as in ``seen_jtis``), at most ``max_entries``, the oldest dropped first.
+    """JWT ids this process accepted (keys as in ``seen_jtis``), at most ``max_entries``, the oldest dropped first,
+    each with the front door's id of the request that carried it (``attempt``, when there is a front door).
 
     Asked before the database (a replay this process saw needs no query), and alone while the database is
     unavailable; the ids accepted then are written to the database when it is back."""
@@ -778,28 +781,38 @@ class MemoryReplays:
         self._max = max_entries
         self._lock = threading.Lock()
         self._expiry: OrderedDict[str, datetime] = OrderedDict()
-        self._unsynced: OrderedDict[str, datetime] = OrderedDict()
+        self._attempts: dict[str, str] = {}
+        self._unsynced: OrderedDict[str, tuple[datetime, str | None]] = OrderedDict()
         self.evicted = 0
         """Unexpired ids dropped for room (their replays are caught by the database only)."""
 
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def seen(self, key: str, now: datetime) -> bool:
+    def replayed(self, key: str, now: datetime, attempt: str | None = None) -> bool:
+        """``key`` is remembered, has not expired, and came with another request (a replay)."""
         with self._lock:
             expires = self._expiry.get(key)
-        return expires is not None and expires >= now
+            same = attempt is not None and self._attempts.get(key) == attempt
+        return expires is not None and expires >= now and not same
 
-    def add(self, key: str, expires: datetime, now: datetime, *, unsynced: bool = False) -> bool:
-        """Remember ``key``; False when it is already remembered and has not expired (a replay)."""
+    def add(
+        self, key: str, expires: datetime, now: datetime, *, unsynced: bool = False, attempt: str | None = None
+    ) -> bool:
+        """Remember ``key``; False when it is already remembered, has not expired and came with another request
+        (a replay)."""
         with self._lock:
             current = self._expiry.get(key)
             if current is not None and current >= now:
-                return False
+                return attempt is not None and self._attempts.get(key) == attempt
             self._expiry[key] = expires
             self._expiry.move_to_end(key)
+            if attempt is None:
+                self._attempts.pop(key, None)
+            else:
+                self._attempts[key] = attempt
             if unsynced:
-                self._unsynced[key] = expires
+                self._unsynced[key] = (expires, attempt)
                 while len(self._unsynced) > self._max:
                     self._unsynced.popitem(last=False)
             self._trim(now)
@@ -811,13 +824,15 @@ class MemoryReplays:
             if expires >= now and len(self._expiry) <= self._max:
                 return
             del self._expiry[key]
+            self._attempts.pop(key, None)
             if expires >= now:
                 self.evicted += 1
 
-    def unsynced(self, now: datetime) -> list[tuple[str, datetime]]:
-        """Ids accepted while the database was unavailable and not yet written there (unexpired ones)."""
+    def unsynced(self, now: datetime) -> list[tuple[str, datetime, str | None]]:
+        """Ids accepted while the database was unavailable and not yet written there (unexpired ones), with their
+        attempts."""
         with self._lock:
-            return [(k, e) for k, e in self._unsynced.items() if e >= now]
+            return [(k, e, a) for k, (e, a) in self._unsynced.items() if e >= now]
 
     def synced(self, keys: Sequence[str]) -> None:
         with self._lock:
@@ -1071,9 +1086,14 @@ class Store:
             raise
         self.health.succeeded()
 
-    def remember_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+    def remember_jti(
+        self, issuer: str, jti: str, expires_at: datetime, now: datetime, *, attempt: str | None = None
+    ) -> bool:
         """Record a JWT id; True the first time, False when it was already used and has not expired (a replay).
         Committed before it returns, so every worker and instance on this database sees it at once.
+
+        ``attempt`` is the front door's id of the request (``auth.front_door_attempt``): a ``jti`` first recorded
+        under the same attempt is that request handed to another worker after the first one died, not a replay.
 
         While the database is unavailable (down, hung, locked) the check uses this process's memory
         (:class:`MemoryReplays`; counted in ``nxp2_cds_jwt_replay_fallback_total``, logged once per outage) and the
@@ -1082,10 +1102,10 @@ class Store:
         key = hashlib.sha256(f"{issuer}\n{jti}".encode()).hexdigest()
         moment = _utc(now, "now")
         expires = _utc(expires_at, "expires_at")
-        if self.jtis.seen(key, moment):
+        if self.jtis.replayed(key, moment, attempt):
             return False
         try:
-            fresh = self.bounded("replay_check", lambda: self._remember_jti_in_database(key, expires, moment))
+            fresh = self.bounded("replay_check", lambda: self._remember_jti_in_database(key, expires, moment, attempt))
         except DatabaseUnavailable:
             if self.settings.replay_fallback == "refuse":
                 self.health.count_refused()
@@ -1094,26 +1114,29 @@ class Store:
 
             self.health.count_fallback()
             metrics.REPLAY_FALLBACK.inc()
-            return self.jtis.add(key, expires, moment, unsynced=True)
+            return self.jtis.add(key, expires, moment, unsynced=True, attempt=attempt)
         if fresh:
-            self.jtis.add(key, expires, moment)
+            self.jtis.add(key, expires, moment, attempt=attempt)
         return fresh
 
-    def _remember_jti_in_database(self, key: str, expires: datetime, moment: datetime) -> bool:
+    def _remember_jti_in_database(self, key: str, expires: datetime, moment: datetime, attempt: str | None) -> bool:
         backlog = self.jtis.unsynced(moment)  # accepted from memory during an outage: shared from now on
         statement = self.insert_ignoring_conflicts(seen_jtis, ["key"]).returning(seen_jtis.c.key)
         with self.writer.begin() as connection:
             connection.execute(sa.delete(seen_jtis).where(seen_jtis.c.key == key, seen_jtis.c.expires_at < moment))
-            fresh = connection.execute(statement, [{"key": key, "expires_at": expires}]).all()
+            fresh = bool(connection.execute(statement, [{"key": key, "expires_at": expires, "attempt": attempt}]).all())
+            if not fresh and attempt is not None:  # the same front-door request, handed to this worker again?
+                first = connection.execute(sa.select(seen_jtis.c.attempt).where(seen_jtis.c.key == key)).scalar()
+                fresh = first == attempt
             if backlog:
-                rows = [{"key": k, "expires_at": e} for k, e in backlog]
+                rows = [{"key": k, "expires_at": e, "attempt": a} for k, e, a in backlog]
                 connection.execute(self.insert_ignoring_conflicts(seen_jtis, ["key"]), rows)
             if moment >= self._next_jti_purge:
                 connection.execute(sa.delete(seen_jtis).where(seen_jtis.c.expires_at < moment))
                 self._next_jti_purge = moment + JTI_PURGE_INTERVAL
         if backlog:
-            self.jtis.synced([k for k, _ in backlog])
-        return bool(fresh)
+            self.jtis.synced([k for k, _, _ in backlog])
+        return fresh
 
     # -- the report --
 

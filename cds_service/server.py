@@ -29,6 +29,7 @@ import io
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -46,6 +47,7 @@ import orjson
 from gunicorn.app.base import BaseApplication
 
 from . import logs
+from .front_door import FRONT_DOOR_HEADER, FRONT_DOOR_SECRET_ENV
 from .settings import ServerSettings
 
 DEFAULT_THREADS = 4
@@ -331,10 +333,23 @@ def _nginx_string(text: str) -> str:
 
 
 def nginx_config(
-    host: str, port: int, runtime: Path, settings: ServerSettings, *, max_body_bytes: int, unix_socket: Path
+    host: str,
+    port: int,
+    runtime: Path,
+    settings: ServerSettings,
+    *,
+    max_body_bytes: int,
+    unix_socket: Path,
+    secret: str,
 ) -> str:
     """The nginx configuration: listens on ``host``:``port``, buffers each request and response whole, hands requests
-    to the workers on ``unix_socket``; its own errors are OperationOutcome JSON."""
+    to the workers on ``unix_socket``; its own errors are OperationOutcome JSON.
+
+    A request whose worker dies before answering (``kill -9``, out of memory) is handed once more to the socket, where
+    another worker takes it (the socket is listed twice: nginx hands a failed request to the *next* server). Every
+    request carries ``X-Nxp2-Front-Door: <secret> $request_id`` (a client's own header of that name is replaced), so
+    the JWT replay check knows the second hand-over for the same request, not a replay (:mod:`.front_door`).
+    Only a connection error counts: a slow answer or an error status is never retried."""
     listen = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
     draining = runtime / "draining"
     error_pages = []
@@ -387,7 +402,8 @@ http {{
     limit_conn_log_level warn;
 
     upstream workers {{
-        server unix:{unix_socket};
+        server unix:{unix_socket} max_fails=0;
+        server unix:{unix_socket} max_fails=0;
         keepalive 32;
         keepalive_timeout {UPSTREAM_KEEPALIVE_SECONDS}s;
     }}
@@ -398,13 +414,16 @@ http {{
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $http_host;
+        proxy_set_header {FRONT_DOOR_HEADER} "{secret} $request_id";
         proxy_request_buffering on;
         proxy_buffering on;
         proxy_buffers 16 16k;
         proxy_connect_timeout 5s;
         proxy_send_timeout {timeout}s;
         proxy_read_timeout {timeout}s;
-        proxy_next_upstream off;
+        proxy_next_upstream error non_idempotent;
+        proxy_next_upstream_tries 2;
+        proxy_next_upstream_timeout {timeout}s;
 
         location = /readyz {{
             if (-f "{draining}") {{
@@ -469,6 +488,8 @@ class Supervisor:
     limits: Limits
     server: ServerSettings
     config: str
+    secret: str
+    """The front door's secret (in its configuration and the workers' environment, nowhere else)."""
 
     def __post_init__(self) -> None:
         import structlog
@@ -524,6 +545,7 @@ class Supervisor:
             _die_with_parent()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_DFL)
+            os.environ[FRONT_DOOR_SECRET_ENV] = self.secret  # the workers' settings: [server] front_door_secret
             run(self.gunicorn, self.limits)
             code = 0
         except SystemExit as exc:
@@ -619,8 +641,11 @@ def serve_behind_nginx(
     unix_socket = runtime / "workers.sock"
     options = gunicorn_options(host, port, workers, threads, server, log_level, unix_socket=unix_socket)
     limits = Limits(max_body_bytes, server.max_inflight_body_bytes, server.retry_after_seconds)
-    config = nginx_config(host, port, runtime, server, max_body_bytes=max_body_bytes, unix_socket=unix_socket)
-    return Supervisor(nginx, runtime, options, limits, server, config).run()
+    secret = secrets.token_hex(16)
+    config = nginx_config(
+        host, port, runtime, server, max_body_bytes=max_body_bytes, unix_socket=unix_socket, secret=secret
+    )
+    return Supervisor(nginx, runtime, options, limits, server, config, secret).run()
 
 
 def serve_gunicorn_alone(

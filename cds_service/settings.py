@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -150,6 +150,9 @@ class ServerSettings(_Section):
     shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)
     """On SIGTERM, ``/readyz`` answers 503 at once and the listener stays open this long before it closes (for load
     balancers that watch readiness; Kubernetes' preStop does this job in deploy/kubernetes)."""
+    front_door_secret: SecretStr | None = None
+    """Set by ``nxp2-cds serve`` for its workers (never by hand): the secret of the header its nginx writes on every
+    request (``cds_service/front_door.py``)."""
     runtime_dir: Path | None = None
     """Where the front door keeps its configuration, socket and request-body buffers (default: the system's temporary
     folder). Bodies larger than 64 KB wait there on disk until complete, so it should not be a memory filesystem."""

@@ -235,6 +235,60 @@ def test_replay_store_is_shared_by_apps_on_one_database(world: World, make_app: 
     assert second.test_client().post(SERVICE_URL, json=REQUEST, headers=headers).status_code == 401
 
 
+FRONT_DOOR_SECRET = "f" * 32
+
+
+def front_door_apps(world: World, make_app: AppFactory, database_url: str) -> tuple[Any, Any]:
+    """Two workers behind one front door (its secret in their settings), on one database."""
+    settings = {
+        "database_url": database_url,
+        "public_base_url": PUBLIC,
+        "auth": {"mode": "required", "issuers": [{"iss": EHR, "jwks_url": world.jwks_url}], "allow_http": True},
+        "server": {"front_door_secret": FRONT_DOOR_SECRET},
+    }
+    return make_app(**settings), make_app(**settings)
+
+
+def front_door_call(app: Any, token: str, header: str) -> int:
+    headers = {"Authorization": f"Bearer {token}", "X-Nxp2-Front-Door": header}
+    status: int = app.test_client().post(SERVICE_URL, json=REQUEST, headers=headers).status_code
+    return status
+
+
+def test_the_front_doors_second_hand_over_of_a_request_is_not_a_replay(
+    world: World, make_app: AppFactory, database_url: str
+) -> None:
+    """The same request handed by the front door to a second worker (the first died before answering) carries the
+    same request id: its JWT is accepted there, on SQLite and PostgreSQL."""
+    first, second = front_door_apps(world, make_app, database_url)
+    token = world.ehr.token(iss=EHR, aud=SERVICE_AUD)
+    header = f"{FRONT_DOOR_SECRET} {'1' * 32}"
+    assert (front_door_call(first, token, header), front_door_call(second, token, header)) == (200, 200)
+
+
+def test_a_jwt_under_another_front_door_request_is_a_replay(
+    world: World, make_app: AppFactory, database_url: str
+) -> None:
+    """The same JWT in another client request (another front-door request id) is refused as a replay."""
+    first, second = front_door_apps(world, make_app, database_url)
+    token = world.ehr.token(iss=EHR, aud=SERVICE_AUD)
+    statuses = (
+        front_door_call(first, token, f"{FRONT_DOOR_SECRET} {'1' * 32}"),
+        front_door_call(second, token, f"{FRONT_DOOR_SECRET} {'2' * 32}"),
+    )
+    assert statuses == (200, 401)
+
+
+def test_a_front_door_header_without_the_secret_does_not_excuse_a_replay(
+    world: World, make_app: AppFactory, database_url: str
+) -> None:
+    """A client that forges the front door's header (without its secret) cannot replay a JWT under the same id."""
+    first, second = front_door_apps(world, make_app, database_url)
+    token = world.ehr.token(iss=EHR, aud=SERVICE_AUD)
+    forged = f"{'0' * 32} {'1' * 32}"
+    assert (front_door_call(first, token, forged), front_door_call(second, token, forged)) == (200, 401)
+
+
 def test_key_rotation_refreshes_the_jwks_once(world: World) -> None:
     """After the client rotates its key, a token with the new kid makes the service re-fetch the JWKS once."""
     assert world.post(world.ehr.token(iss=EHR, aud=SERVICE_AUD)).status_code == 200

@@ -270,7 +270,26 @@ def test_the_memory_replay_store_is_bounded() -> None:
     for n in range(150):
         replays.add(f"key-{n}", LATER, NOW)
     assert (len(replays), replays.evicted) == (100, 50)
-    assert (replays.seen("key-0", NOW), replays.seen("key-149", NOW)) == (False, True)
+    assert (replays.replayed("key-0", NOW), replays.replayed("key-149", NOW)) == (False, True)
+
+
+def test_the_memory_replay_store_takes_the_same_front_door_request_again() -> None:
+    """A JWT id remembered with a front-door attempt is accepted again with that attempt (the request handed to
+    another worker), and refused with another attempt or none (replays)."""
+    replays = MemoryReplays(100)
+    assert replays.add("key", LATER, NOW, attempt="a" * 32)
+    assert (
+        replays.add("key", LATER, NOW, attempt="a" * 32),
+        replays.add("key", LATER, NOW, attempt="b" * 32),
+        replays.add("key", LATER, NOW),
+    ) == (True, False, False)
+
+
+def test_a_jti_without_an_attempt_is_refused_even_with_one_later() -> None:
+    """A JWT id first remembered without a front door is a replay under any attempt."""
+    replays = MemoryReplays(100)
+    replays.add("key", LATER, NOW)
+    assert (replays.replayed("key", NOW, "a" * 32), replays.add("key", LATER, NOW, attempt="a" * 32)) == (True, False)
 
 
 # --- feedback, hooks, readiness and liveness over HTTP ------------------------------------------------------------

@@ -236,14 +236,19 @@ def test_the_nginx_configuration_carries_the_settings(tmp_path: Path) -> None:
     from cds_service.settings import ServerSettings
 
     settings = ServerSettings(header_timeout_seconds=7, body_timeout_seconds=8, keepalive_seconds=9)
-    text = nginx_config("::1", 8443, tmp_path, settings, max_body_bytes=1234, unix_socket=tmp_path / "w.sock")
+    text = nginx_config(
+        "::1", 8443, tmp_path, settings, max_body_bytes=1234, unix_socket=tmp_path / "w.sock", secret="s3cret"
+    )
     for line in (
         "listen [::1]:8443",
         "client_header_timeout 7s;",
         "client_body_timeout 8s;",
         "keepalive_timeout 9s;",
         "client_max_body_size 1234;",
-        f"server unix:{tmp_path / 'w.sock'};",
+        f"server unix:{tmp_path / 'w.sock'} max_fails=0;",
+        'proxy_set_header X-Nxp2-Front-Door "s3cret $request_id";',
+        "proxy_next_upstream error non_idempotent;",
+        "proxy_next_upstream_tries 2;",
         f"worker_connections {settings.max_connections};",
         f"limit_conn active {settings.max_active_requests};",
     ):
