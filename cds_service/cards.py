@@ -15,7 +15,6 @@ estimates never. Values that come from the patient's record are escaped before t
 from __future__ import annotations
 
 import html
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,8 +32,11 @@ SUMMARY_MAX = 139
 EXTENSION_KEY = "nxp2-cds.assessment"
 EXTENSION_VERSION = 1
 _CARD_NAMESPACE = uuid.UUID("6f0c2d4e-5b1a-4c47-9a0e-2f7f4b1d9c33")
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+_MARKDOWN_SPECIAL = "\\`*_{}[]()#+!|~"
 _HTML_SPECIAL = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_ESCAPES = str.maketrans({**{ch: "\\" + ch for ch in _MARKDOWN_SPECIAL}, **_HTML_SPECIAL})
+"""One pass (``str.translate``): the HTML specials as entities (which hold no markdown special), each markdown special
+behind a backslash."""
 _SUPERSCRIPTS = ("¹", "²", "³", "⁴", "⁵", "⁶", "⁷", "⁸", "⁹")
 _EXAMINE = frozenset({"not-recorded", "suspected"})
 """Clinical findings nobody recorded either way: the card asks the clinician to examine for them now."""
@@ -71,8 +73,7 @@ def render_cards(assessment: Assessment, knowledge: KnowledgeBase, context: Card
 
 def escape_markdown(text: str) -> str:
     """Make untrusted text inert inside GitHub-flavoured markdown (and a table cell)."""
-    flat = "".join(_HTML_SPECIAL.get(ch, ch) for ch in " ".join(text.split()))
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+    return " ".join(text.split()).translate(_ESCAPES)
 
 
 def fit_summary(
