@@ -392,3 +392,19 @@ def test_evaluation_time_at_the_ends_of_the_calendar_never_raises(
     if patient_ is not None:
         chart.insert(0, patient_)
     _assess_and_render(engine, chart, at, "en")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=40))
+def test_escaped_text_renders_as_itself_in_commonmark(text: str) -> None:
+    """Any text through escape_markdown renders (CommonMark, inside a paragraph) as that text with its whitespace
+    collapsed: no emphasis, link, code, heading, list or HTML comes out of it."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    from cds_service.cards import escape_markdown
+
+    flat = " ".join(text.split())
+    rendered = MarkdownIt("commonmark").render("x " + escape_markdown(text)).strip()
+    assert rendered == f"<p>x {html.escape(flat, quote=True)}</p>".replace("&#x27;", "'") or not flat
