@@ -12,6 +12,7 @@ import sys
 import traceback
 from typing import Any
 
+import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
@@ -42,13 +43,19 @@ _SHARED: list[Any] = [
 ]
 
 
+def _orjson_text(event: EventDict, **_: Any) -> str:
+    """The event as one JSON line, by orjson (a fifth of the standard library's time); what orjson cannot encode
+    natively is written as its ``repr``, as structlog's own renderer does."""
+    return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def json_formatter() -> logging.Formatter:
     """The formatter every handler uses (also referenced by gunicorn's logging configuration)."""
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            structlog.processors.JSONRenderer(serializer=_orjson_text),
         ],
     )
 
