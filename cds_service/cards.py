@@ -24,7 +24,7 @@ from fhir_mappings import PatientFindings, PredictorFinding, Source, State
 
 from .growth import bmi_for_age
 from .i18n import SOURCE_LANGUAGE, Formatter
-from .knowledge import PREDICTOR_IDS, KnowledgeBase, Outcome, Row
+from .knowledge import PREDICTOR_IDS, KnowledgeBase, Outcome
 from .risk import Assessment, OutcomeAssessment
 
 SUMMARY_MAX = 139
@@ -58,10 +58,68 @@ class CardContext:
     """The cards' language (a BCP 47 tag; ``None``: the site's default, which the engine fills in)."""
 
 
-def render_cards(assessment: Assessment, knowledge: KnowledgeBase, context: CardContext) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """An outcome's predictor table without the patient: the header lines, per row the predictor's name, the
+    cohort's rates and OR/P (with their footnote markers), and the footnotes."""
+
+    head: str
+    rows: tuple[tuple[str, str, str, str], ...]
+    """(predictor id, name, rates, odds), the cells already escaped for a table."""
+    footnotes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CardTemplates:
+    """What every card in one language takes from the knowledge base alone, made once (at start-up, by the engine)
+    instead of on every call."""
+
+    tables: Mapping[str, _Table]
+
+
+def compile_templates(knowledge: KnowledgeBase, language: str | None = None) -> CardTemplates:
+    """The card templates of ``knowledge`` (already in ``language``)."""
+    words = knowledge.wording
+    fmt = Formatter(language or SOURCE_LANGUAGE)
+    tables: dict[str, _Table] = {}
+    for outcome_id, outcome in knowledge.outcomes.items():
+        headers = [h.format(outcome_short=outcome.short) for h in words.table_headers]
+        head = "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers)
+        rows: list[tuple[str, str, str, str]] = []
+        footnotes: list[str] = []
+        for predictor_id in outcome.drivers:
+            row = outcome.row_for(predictor_id)
+            assert row is not None  # validated: every driver has a row
+            predictor = knowledge.predictors[predictor_id]
+            rates = words.rates.format(exposed=fmt.percent(row.exposed.rate), reference=fmt.percent(row.reference.rate))
+            marker = ""
+            if row.zero_cell and row.p_two_sided:
+                marker = _SUPERSCRIPTS[len(footnotes) % len(_SUPERSCRIPTS)]
+                footnotes.append(
+                    words.one_sided_footnote.format(
+                        marker=marker, predictor=predictor.short, p_two_sided=_p_with_relation(row.p_two_sided)
+                    )
+                )
+            odds = words.odds.format(odds_ratio=row.published.odds_ratio, p=f"{row.published.p}{marker}")
+            rows.append((predictor_id, _cell(predictor.short), _cell(rates), _cell(odds)))
+        tables[outcome_id] = _Table(head, tuple(rows), tuple(footnotes))
+    return CardTemplates(tables)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_cards(
+    assessment: Assessment,
+    knowledge: KnowledgeBase,
+    context: CardContext,
+    templates: CardTemplates | None = None,
+) -> list[dict[str, Any]]:
     """The cards for one assessment: one per outcome with a tier, or the screening card, or a notice, or none.
-    ``knowledge`` is the knowledge base in ``context.language``."""
-    renderer = _Renderer(assessment, knowledge, context)
+    ``knowledge`` is the knowledge base in ``context.language``; ``templates`` its :func:`compile_templates` (made
+    here when not given)."""
+    renderer = _Renderer(assessment, knowledge, context, templates)
     if assessment.eligible:
         return [renderer.risk_card(o) for o in assessment.outcomes if o.tier is not None]
     if assessment.screening:
@@ -108,7 +166,13 @@ def _short_list(items: Sequence[str], shown: int, separator: str = ", ", more: s
 
 
 class _Renderer:
-    def __init__(self, assessment: Assessment, knowledge: KnowledgeBase, context: CardContext) -> None:
+    def __init__(
+        self,
+        assessment: Assessment,
+        knowledge: KnowledgeBase,
+        context: CardContext,
+        templates: CardTemplates | None = None,
+    ) -> None:
         self.assessment = assessment
         self.findings: PatientFindings = assessment.findings
         self.kb = knowledge
@@ -116,6 +180,7 @@ class _Renderer:
         self.context = context
         self.language = context.language or SOURCE_LANGUAGE
         self.fmt = Formatter(self.language)
+        self.templates = templates or compile_templates(knowledge, self.language)
 
     # -- cards ---------------------------------------------------------------------------------------
     def risk_card(self, result: OutcomeAssessment) -> dict[str, Any]:
@@ -270,15 +335,13 @@ class _Renderer:
 
     def _risk_detail(self, result: OutcomeAssessment, outcome: Outcome) -> str:
         words = self.words
-        headers = [h.format(outcome_short=outcome.short) for h in words.table_headers]
-        table = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        footnotes: list[str] = []
-        for predictor_id in outcome.drivers:
-            row = outcome.row_for(predictor_id)
-            assert row is not None  # validated: every driver has a row
-            table.append(self._table_row(predictor_id, row, footnotes))
+        compiled = self.templates.tables[result.outcome_id]
+        table = [compiled.head]
+        for predictor_id, name, rates, odds in compiled.rows:
+            patient = _cell(self._patient_cell(self._finding(predictor_id), predictor_id))
+            table.append(f"| {name} | {patient} | {rates} | {odds} |")
         blocks = [f"{words.outcomes[result.outcome_id].intro} {self._eligibility_basis()}".strip(), "\n".join(table)]
-        blocks.extend(footnotes)  # each its own paragraph: CommonMark joins single newlines
+        blocks.extend(compiled.footnotes)  # each its own paragraph: CommonMark joins single newlines
         if _BMI in outcome.drivers and self._finding(_BMI).state is not State.UNKNOWN:
             blocks.append(self._bmi_context())
         others = [r.predictor for r in outcome.rows if r.predictor and r.predictor not in outcome.drivers]
@@ -358,26 +421,6 @@ class _Renderer:
         if not parts:
             return ""
         return words.heading_line.format(heading=words.basis_heading, items=words.item_separator.join(parts))
-
-    def _table_row(self, predictor_id: str, row: Row, footnotes: list[str]) -> str:
-        predictor = self.kb.predictors[predictor_id]
-        finding = self._finding(predictor_id)
-        words = self.words
-        rates = words.rates.format(
-            exposed=self.fmt.percent(row.exposed.rate), reference=self.fmt.percent(row.reference.rate)
-        )
-        published = row.published
-        marker = ""
-        if row.zero_cell and row.p_two_sided:
-            marker = _SUPERSCRIPTS[len(footnotes) % len(_SUPERSCRIPTS)]
-            footnotes.append(
-                words.one_sided_footnote.format(
-                    marker=marker, predictor=predictor.short, p_two_sided=_p_with_relation(row.p_two_sided)
-                )
-            )
-        odds = words.odds.format(odds_ratio=published.odds_ratio, p=f"{published.p}{marker}")
-        cells = [predictor.short, self._patient_cell(finding, predictor_id), rates, odds]
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     def _patient_cell(self, finding: PredictorFinding, predictor_id: str) -> str:
         words = self.words

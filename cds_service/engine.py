@@ -24,7 +24,7 @@ from fhir_mappings import (
 )
 from fhir_mappings.units import warm_up
 
-from .cards import CardContext, render_cards
+from .cards import CardContext, CardTemplates, compile_templates, render_cards
 from .growth import load_references
 from .i18n import SOURCE_LANGUAGE, LanguageError, available_languages, translate_knowledge
 from .knowledge import KnowledgeBase, KnowledgeError, load_knowledge
@@ -47,6 +47,10 @@ class Engine:
         except (LanguageError, ValueError) as exc:
             raise KnowledgeError(f"message catalogs: {exc}") from exc
         """The knowledge base in every language, made once at start-up."""
+        self.card_templates: dict[str, CardTemplates] = {
+            lang: compile_templates(kb, lang) for lang, kb in self.translated.items()
+        }
+        """What the cards take from the knowledge base alone, per language, made once."""
         self.terminology = terminology
         self.rules: MappingRules = knowledge.mapping_rules()
         self.units = UnitConverter(self.rules.data.unit_aliases)
@@ -116,4 +120,4 @@ class Engine:
         if language != context.language:
             context = replace(context, language=language)
         assert language is not None
-        return render_cards(assessment, self.translated[language], context)
+        return render_cards(assessment, self.translated[language], context, self.card_templates[language])

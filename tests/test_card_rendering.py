@@ -287,3 +287,24 @@ def test_evidence_page_in_chinese(make_app: AppFactory) -> None:
         True,
         True,
     )
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_cards_from_the_compiled_templates_are_the_cards_made_on_the_spot(language: str) -> None:
+    """The engine's card templates (made once at start-up) give, for every synthetic chart, exactly the cards that
+    rendering from the knowledge base alone gives."""
+    from cds_service.cards import render_cards
+    from tests.synthetic_patients import CASES
+
+    rendered = 0
+    for case in CASES:
+        engine = Engine.load(local_codes=case.local_codes)
+        assessment = engine.assess(case.chart, patient_id=case.patient_id, at=case.at)
+        context = CardContext(
+            hook_instance="h", patient_id=case.patient_id, evidence_url="http://127.0.0.1:8080/evidence",
+            language=language,
+        )  # fmt: skip
+        compiled = engine.cards(assessment, context)
+        assert compiled == render_cards(assessment, engine.translated[language], context), case.name
+        rendered += len(compiled)
+    assert rendered >= 40
