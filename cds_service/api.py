@@ -20,7 +20,7 @@ import structlog
 from flask import Blueprint, Flask, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
-from . import metrics, openapi
+from . import decode, metrics, openapi
 from .auth import Authenticator
 from .cards import CardContext
 from .engine import Engine
@@ -193,19 +193,29 @@ def json_response(payload: Any, status: int = 200) -> Response:
 # -- request parsing -----------------------------------------------------------------------------------
 
 
-def _json_body() -> Any:
+def _json_body(parse: Callable[[bytes | bytearray], Any] = decode.loads) -> Any:
+    """The request body, JSON, read by ``parse`` (default: the whole body with orjson; the hook reads it with
+    :func:`decode.hook_body`). Raises :class:`BadRequest` for an empty body or invalid JSON."""
     if request.mimetype not in JSON_MIMETYPES and not request.mimetype.endswith("+json"):
         raise UnsupportedMediaType(
             "The request body must be JSON (Content-Type: application/json).",
             issues=[Issue("The request body must be JSON (Content-Type: application/json).", "not-supported")],
         )
-    raw = request.get_data(cache=False)
+    length = request.content_length
+    raw: bytes | bytearray
+    if length:  # into one buffer of the announced size, a megabyte at a time: never a second copy of the body
+        raw = bytearray(length)
+        readinto = request.stream.readinto  # type: ignore[attr-defined]  # werkzeug's LimitedStream
+        with memoryview(raw) as view:
+            got = 0
+            while got < length and (read := readinto(view[got : got + (1 << 20)])):
+                got += read
+        del raw[got:]
+    else:
+        raw = request.get_data(cache=False)
     if not raw:
         raise BadRequest("The request body is empty.")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position {exc.pos}).") from exc
+    return parse(raw)
 
 
 def _validate(model: type[M], document: Any, prefix: str = "") -> M:
@@ -306,7 +316,8 @@ def service(service_id: str) -> Response:
     rt = runtime()
     if service_id != SERVICE_ID:
         raise NotFound(f"No CDS service '{service_id}' here.", issues=[Issue("Unknown CDS service id.", "not-found")])
-    hook_request = _validate(HookRequest, _json_body())
+    body: decode.HookBody = _json_body(lambda raw: decode.hook_body(raw, rt.templates))
+    hook_request = _validate(HookRequest, body.document)
     if hook_request.hook != HOOK:
         raise BadRequest(
             f"This service answers the '{HOOK}' hook only.",
@@ -317,13 +328,21 @@ def service(service_id: str) -> Response:
         hook_request.hookInstance if _UUID.match(hook_request.hookInstance) else "(not a uuid)"
     )
     resolved: Resolved = resolve(
-        hook_request, context, rt.templates, rt.connect, max_resources=rt.settings.max_prefetch_resources
+        hook_request,
+        context,
+        rt.templates,
+        rt.connect,
+        max_resources=rt.settings.max_prefetch_resources,
+        originals=body.originals,
     )
     g.log_fields.update(
         prefetch_fetched=resolved.fetched, prefetch_paged=resolved.paged, fhir_requests=resolved.fhir_requests
     )
     at = rt.clock()
-    assessment = rt.engine.assess(resolved.resources, patient_id=context.patientId, at=at)
+    try:
+        assessment = rt.engine.assess(resolved.resources, patient_id=context.patientId, at=at)
+    except decode.Unreadable:  # a deciding resource's own JSON holds a number orjson refuses: as before, a 400
+        body.refuse()
     cards = rt.engine.cards(
         assessment,
         CardContext(

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fhir_mappings import FindingRule
+from fhir_mappings.pruned import Originals, PrunedResources
 
 from . import metrics
 from .engine import Engine
@@ -76,7 +77,8 @@ def render(template: str, context: PatientViewContext) -> str:
 class Resolved:
     """The data of one hook call and how it was obtained."""
 
-    resources: list[Json] = field(default_factory=list)
+    resources: PrunedResources = field(default_factory=PrunedResources)
+    """The prefetched values (pruned ones with their original JSON) and the pages fetched from the FHIR server."""
     given: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
@@ -95,12 +97,15 @@ def resolve(
     connect: Connect,
     *,
     max_resources: int = 50_000,
+    originals: Originals | None = None,
 ) -> Resolved:
+    """The resources of ``templates``: given in the prefetch, or fetched. ``originals`` (from
+    :func:`cds_service.decode.hook_body`) holds the original JSON of the prefetch resources that were pruned."""
     prefetch = request.prefetch or {}
     given = sum(_count(value) for key, value in prefetch.items() if key in templates)
     if given > max_resources:
         raise PayloadTooLarge(f"The prefetch holds {given} resources; this service accepts at most {max_resources}.")
-    result = Resolved()
+    result = Resolved(resources=PrunedResources(originals=originals))
     to_fetch: list[str] = []
     to_page: list[tuple[str, Json]] = []
     for key in templates:

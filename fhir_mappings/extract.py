@@ -46,6 +46,7 @@ from .dates import (
     shifted,
 )
 from .model import PatientFindings, PredictorFinding, Source, State
+from .pruned import PrunedResources
 from .rules import (
     AntibodyRule,
     BmiRule,
@@ -170,6 +171,13 @@ class _Run:
     finding_concepts: frozenset[str]
     pattern_concepts: tuple[str, ...]
     validator: ResourceValidator
+    originals: PrunedResources | None = None
+    """Where the resources were pruned (:mod:`fhir_mappings.pruned`): their original JSON."""
+    whole: dict[int, Json] = field(default_factory=dict)
+    """Originals parsed so far, by ``id`` of the pruned resource."""
+    code_concepts: dict[int, tuple[frozenset[str], bool]] = field(default_factory=dict)
+    """:meth:`_concepts_of` by ``id`` of the code: pruned resources share equal codes (:mod:`fhir_mappings.pruned`),
+    so a chart's thousands of results cost a few hundred look-ups. Nothing changes a resource while it is read."""
     aliases: set[str] = field(default_factory=set)
     items: dict[str, list[_Item]] = field(default_factory=dict)
     pending: dict[str, list[_Item]] = field(default_factory=dict)
@@ -189,11 +197,34 @@ class _Run:
     def skip(self, resource: Json, reason: str) -> None:
         self.reasons.setdefault(id(resource), reason)
 
+    def full(self, resource: Json) -> Json:
+        """``resource`` as the client sent it: a pruned resource's original JSON (parsed once), else itself."""
+        originals = self.originals
+        if originals is None:
+            return resource
+        key = id(resource)
+        found = self.whole.get(key)
+        if found is None:
+            found = self.whole[key] = originals.original(resource)
+        return found
+
+    def full_part(self, item: _Item) -> Json:
+        """The item's part (the resource or one of its components) in the resource as the client sent it."""
+        whole = self.full(item.resource)
+        if whole is item.resource:
+            return item.part
+        if item.part is item.resource:
+            return whole
+        components = item.resource.get("component")
+        index = next(i for i, c in enumerate(components) if c is item.part) if isinstance(components, list) else -1
+        return whole["component"][index]  # type: ignore[no-any-return]
+
     def valid(self, resource: Json) -> bool:
+        """Whether ``resource`` is valid FHIR R4: always judged on the JSON the client sent."""
         key = id(resource)
         cached = self.valid_cache.get(key)
         if cached is None:
-            problem = self.validator.problem(resource)
+            problem = self.validator.problem(self.full(resource))
             if problem is not None:
                 self.skip(resource, problem)
             cached = problem is None
@@ -266,11 +297,17 @@ class _Run:
 
     def _concepts_of(self, codeable: object) -> tuple[frozenset[str], bool]:
         """The wanted concepts of a code, and whether they were found by name (text pattern) only."""
-        hit = self.terminology.concepts_for_codeable(codeable) & self.wanted
-        if hit:
-            return hit, False
-        by_text = self._text_concepts(codeable)
-        return by_text, bool(by_text)
+        key = id(codeable)
+        found = self.code_concepts.get(key)
+        if found is None:
+            hit = self.terminology.concepts_for_codeable(codeable) & self.wanted
+            if hit:
+                found = hit, False
+            else:
+                by_text = self._text_concepts(codeable)
+                found = by_text, bool(by_text)
+            self.code_concepts[key] = found
+        return found
 
     def _names_a_panel(self, codeable: object) -> bool:
         return any(self.terminology.text_matches(self.answers.panel, t) for t in codeable_texts(codeable))
@@ -350,7 +387,8 @@ class _Run:
         if verification in data.condition_refuted_verification:
             return _REFUTED
         clinical = _first_code(resource.get("clinicalStatus"))
-        if any(k.startswith("abatement") for k in resource) or clinical in data.condition_inactive_statuses:
+        abated = any(k.startswith("abatement") for k in self.full(resource))  # every key, as sent
+        if abated or clinical in data.condition_inactive_statuses:
             return _INACTIVE
         if verification in data.condition_suspected_verification:
             return _SUSPECTED
@@ -521,7 +559,8 @@ class _Run:
         if unreadable:
             option = unreadable[0]
             items = option.items
-            written = next((t for t in (_value_text(i.part) or _raw_value(i.part) for i in items) if t), "")
+            parts = map(self.full_part, items)  # as sent: an invalid resource may hold a value[x] nobody pruned
+            written = next((t for t in (_value_text(p) or _raw_value(p) for p in parts) if t), "")
             return PredictorFinding(
                 id=predictor_id,
                 state=State.UNKNOWN,
@@ -1086,6 +1125,7 @@ class Reader:
             finding_concepts=self.finding_concepts,
             pattern_concepts=self.pattern_concepts,
             validator=self.validator,
+            originals=resources if isinstance(resources, PrunedResources) else None,
         )
         run.collect(resources)
         return Chart(run)
