@@ -273,7 +273,11 @@ class ServerPolicy:
         it is under ``base_url``, the fhirServer the call was allowed for; else :class:`FhirNotAllowed`. ``where``:
         ``request``, ``redirect`` or ``next`` (the log and metric reason say which)."""
         base = _checked(base_url, "fhirServer", base=True)
-        target = _checked(urljoin(base.url + "/", url), where)
+        try:
+            joined = urljoin(base.url + "/", url)
+        except ValueError:  # a host part urllib cannot split (an unclosed IPv6 bracket, NFKC-invalid characters)
+            raise _refused("invalid-url", f"{_WHERE[where]} is not a valid URL; not followed", where) from None
+        target = _checked(joined, where)
         if target.origin != base.origin:
             raise _refused(f"{where}-other-origin", f"{_WHERE[where]} points to another origin; not followed", where)
         if not target.under(base):

@@ -27,6 +27,15 @@ from .resources import config_path
 CONFIG_ENV = "NXP2_CDS_CONFIG"
 
 
+def _without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (for messages)."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
+
+
 class SettingsError(ValueError):
     """The configuration is invalid; the message names the key."""
 
@@ -87,7 +96,8 @@ class AuthSettings(_Section):
             for issuer in self.issuers:
                 for url in (issuer.jwks_url, *issuer.jku_allowlist):
                     if url is not None and not url.startswith("https://"):
-                        raise ValueError(f"issuer {issuer.iss!r}: key URL {url!r} must use https (auth.allow_http)")
+                        shown = _without_userinfo(url)
+                        raise ValueError(f"issuer {issuer.iss!r}: key URL {shown!r} must use https (auth.allow_http)")
         return self
 
 
@@ -262,6 +272,7 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in e['loc']) or '(settings)'}: {e['msg']}" for e in exc.errors()]
-        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from exc
+        # from None: the ValidationError's own text quotes the input values (a database URL's password)
+        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None
     except ValueError as exc:  # e.g. a TOML syntax error in the named file
-        raise SettingsError(f"invalid configuration: {exc}") from exc
+        raise SettingsError(f"invalid configuration: {exc}") from None

@@ -307,14 +307,6 @@ def test_a_url_that_cannot_be_normalised_safely_is_refused(url: str, reason: str
     assert admit_refusal(url).reason == reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="ServerPolicy.admit calls urljoin outside _normalise's try: a netloc urllib cannot split (an unclosed "
-    "IPv6 bracket, NFKC-invalid characters) escapes as a bare ValueError instead of FhirNotAllowed, so a prefetched "
-    "Bundle whose next link is 'https://[evil/x' is answered 500 (no request is made); check() refuses the same "
-    "URLs as invalid-url",
-)
 @pytest.mark.parametrize(
     "url",
     ["https://[evil.example/fhir/tenant-a/Patient", "//[::1", "https://fhir.example.org\uff0fadmin"],

@@ -372,12 +372,6 @@ def test_the_front_door_secret_is_never_shown_by_the_settings() -> None:
     assert SECRET not in repr(settings) + str(settings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_settings raises SettingsError `from exc`: the chained pydantic ValidationError prints "
-    "input_value=[...] with the password, so any traceback of the error (a worker's boot failure, an uncaught "
-    "StartupError) shows the secret; `from None` (or a cause without input values) would not",
-)
 def test_a_traceback_of_the_error_does_not_show_the_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole traceback of a SettingsError (with its chained causes) never shows a wrongly typed database URL's
     password."""
@@ -388,11 +382,6 @@ def test_a_traceback_of_the_error_does_not_show_the_secret(tmp_path: Path, monke
     assert SECRET not in "".join(traceback.format_exception(caught.value))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AuthSettings._https_key_urls puts the whole key URL in its message ({url!r}), userinfo included, so "
-    "credentials in a plain-http jwks_url are printed",
-)
 def test_credentials_in_a_refused_jwks_url_are_not_shown() -> None:
     """An issuer's plain-http ``jwks_url`` carrying ``user:password@`` is refused without showing the password."""
     issuer = {"iss": "https://ehr.example.org", "jwks_url": f"http://nxp2:{SECRET}@ehr.example.org/jwks.json"}

@@ -101,6 +101,18 @@ def test_foreign_next_link_is_not_followed(make_app: AppFactory, httpserver: HTT
     assert httpserver.log == []
 
 
+@pytest.mark.parametrize("link", ["https://[evil.example/x", "//[::1", "https://fhir.example.org\uff0fadmin"])
+def test_an_unparseable_next_link_gets_412_not_500(make_app: AppFactory, httpserver: HTTPServer, link: str) -> None:
+    """A prefetched Bundle whose next link has a host part urllib cannot split (an unclosed IPv6 bracket, a
+    full-width solidus) gets 412 with an OperationOutcome and no request (it was a 500)."""
+    base = httpserver.url_for("/fhir")
+    app = make_app(fhir={"allowed_servers": [base], "allow_http": True})
+    paged = searchset() | {"link": [{"relation": "next", "url": link}]}
+    response = app.test_client().post(SERVICE_URL, json=request(base, conditions=paged))
+    assert (response.status_code, response.get_json()["resourceType"]) == (412, "OperationOutcome")
+    assert httpserver.log == []
+
+
 def test_oversized_answer_is_refused(make_app: AppFactory, httpserver: HTTPServer) -> None:
     """An answer larger than max_response_bytes is not read past the cap and gives 412."""
     base = httpserver.url_for("/fhir")
