@@ -460,12 +460,16 @@ def killed(deployment: Deployment) -> Run:
 
 
 def test_killed_worker_is_replaced_and_hooks_go_on(killed: Run) -> None:
-    """gunicorn replaces the SIGKILLed worker (booted while the database is still down) and every hook call is
-    answered 200 with its cards — also those the killed worker had in flight: the front door hands each of them to the
-    other worker, whose replay check knows the same request (not a replay)."""
-    failed = [(a.status, a.error) for a in killed.load.hooks() if (a.status, len(a.cards)) != (200, CARDS_PER_CALL)]
+    """gunicorn replaces the SIGKILLed worker (booted while the database is still down) and no hook call gets a 5xx:
+    the calls the killed worker had in flight are handed by the front door to the other worker, whose replay check
+    knows the same request (not a replay), and answered 200 with their cards. The one thing a kill can still cost is
+    an answer the worker had begun to write (nginx has passed its headers on and cannot start again): at most one
+    such broken connection, at the moment of the kill."""
+    failed = [a for a in killed.load.hooks() if (a.status, len(a.cards)) != (200, CARDS_PER_CALL)]
     assert killed.replaced
-    assert failed == []
+    assert [(a.status, a.error) for a in failed if a.status != 0] == []  # no 5xx, no other status
+    assert [a for a in failed if not a.near(killed.killed_at, after=0.2)] == []
+    assert len(failed) <= 1
 
 
 def test_killed_worker_loses_no_issued_card(killed: Run, deployment: Deployment) -> None:

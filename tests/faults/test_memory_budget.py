@@ -143,8 +143,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 def test_one_large_request_costs_a_bounded_multiple_of_its_body(
     server: Served, big_body: bytes, record_property: Callable[[str, object], None]
 ) -> None:
-    """One 9 MB hook call alone: the growth of the worker that serves it (its resident set, every 10 ms) is recorded
-    against the body's size (parsing 9 MB of JSON into Python objects alone takes about 5 times its size)."""
+    """One 9 MB hook call alone, the first large one of its worker: the worker's growth (its resident set, every
+    10 ms) stays under 5 times the body (the prefetch is decoded to the fields the rules read: about 3.8 times on a
+    cold worker, about 1-2 times once its allocator has grown; parsing the whole body into Python objects was 8-9
+    times)."""
     workers = workers_of(server.pid)
     before = {pid: rss_bytes(pid) for pid in workers}
     peaks = dict(before)
@@ -168,7 +170,7 @@ def test_one_large_request_costs_a_bounded_multiple_of_its_body(
     ratio = growth / len(big_body)
     print(f"one {len(big_body) / 1e6:.1f} MB call: worker grew {growth / 1e6:.1f} MB at its peak ({ratio:.1f}x)")
     record_property("peak_growth_per_body", round(ratio, 2))
-    assert ratio < 10
+    assert ratio < 5
 
 
 def test_sixteen_concurrent_9_mb_calls_are_answered_within_the_memory_limit(
@@ -176,7 +178,8 @@ def test_sixteen_concurrent_9_mb_calls_are_answered_within_the_memory_limit(
 ) -> None:
     """16 hook calls of 8.9 MB sent at once: every one is answered 200, or 503 with Retry-After and an
     OperationOutcome; the memory of all the server's processes (PSS, sampled every 20 ms) stays below the manifest's
-    limit (768 Mi); afterwards the workers give most of it back."""
+    limit (768 Mi); 2 s afterwards each worker holds at most 64 MiB more than before (it was 300 MiB before
+    malloc_trim and the shared arenas)."""
     limit = manifest_memory_limit()
     baseline = tree_memory(server.pid)
     answers: list[tuple[int, dict[str, str], bytes]] = []
@@ -205,4 +208,4 @@ def test_sixteen_concurrent_9_mb_calls_are_answered_within_the_memory_limit(
             assert outcome(body)["issue"][0]["code"] == "transient"  # type: ignore[index]
     assert statuses.count(200) >= 2
     assert memory.peak < limit
-    assert after - baseline < (memory.peak - baseline) / 2  # most of the burst's memory is given back
+    assert after - baseline < len(workers_of(server.pid)) * 64 * 2**20  # the burst's memory is given back
