@@ -115,6 +115,23 @@ _INACTIVE = "inactive"
 _REFUTED = "refuted"
 
 
+_READ_TYPES = frozenset({"Observation", "Condition", "Patient"})
+
+
+def _modified(resource: Json) -> bool:
+    """Whether ``resource`` carries a modifier extension — on itself, or on a component or reference range the
+    rules read. FHIR: a modifier extension can change the meaning of everything around it (a result "not done", a
+    condition negated), and an application that does not know it SHALL NOT process the resource. This service knows
+    none, so such a resource is skipped (``modifier-extension``), never read as if the extension were not there."""
+    if resource.get("modifierExtension"):
+        return True
+    for backbone in ("component", "referenceRange"):
+        parts = resource.get(backbone)
+        if isinstance(parts, list) and any(isinstance(p, dict) and p.get("modifierExtension") for p in parts):
+            return True
+    return False
+
+
 @dataclass(slots=True)
 class _Item:
     """A resource (or one of its components) that matched a concept some predictor uses."""
@@ -253,6 +270,9 @@ class _Run:
                     self.skip(resource, "duplicate")
                     continue
                 seen_ids.add((rtype, rid))
+            if rtype in _READ_TYPES and _modified(resource):
+                self.skip(resource, "modifier-extension")
+                continue
             if rtype == "Observation":
                 self._observation(resource, full_url)
             elif rtype == "Condition":

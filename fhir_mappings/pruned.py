@@ -80,6 +80,7 @@ class Period(TypedDict, total=False):
 class ReferenceRange(TypedDict, total=False):
     high: Quantity
     text: str
+    modifierExtension: list[Present]
 
 
 class _Values(TypedDict, total=False):
@@ -100,6 +101,8 @@ class _Values(TypedDict, total=False):
     dataAbsentReason: Present
     interpretation: list[CodeableConcept]
     referenceRange: list[ReferenceRange]
+    modifierExtension: list[Present]
+    """Read for being there: a resource (or component) that carries one is skipped."""
 
 
 class _Fields(_Values, total=False):

@@ -526,3 +526,22 @@ def test_resolved_resources_carry_the_originals(app: Flask, monkeypatch: pytest.
     assert isinstance(resources, PrunedResources)
     pruned_patient = next(r for r in resources if r.get("resourceType") == "Patient")
     assert resources.original(pruned_patient)["meta"] == {"v": "1"}
+
+
+def test_modifier_extensions_survive_pruning(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A modifier extension on a result, a component or a Condition is kept by the pruned reading, so the hook skips
+    those resources exactly as the whole reading does (the anti-NXP2 positive on a modified result gives no risk
+    card either way)."""
+    flag = [{"url": "http://hospital.example.org/fhir/StructureDefinition/not-performed", "valueBoolean": True}]
+    chart = [
+        patient(),
+        nxp2_positive(modifierExtension=flag),
+        condition("M33.00", rid="jdm"),
+        condition("R60.0", rid="edema", modifierExtension=flag),
+        obs("2276-4", rid="fer", **qty(900, "ng/mL"), referenceRange=[{"text": "x", "modifierExtension": flag}]),
+    ]
+    body = orjson.dumps(hook_request(chart))
+    pruned, read_whole = answers(app, monkeypatch, body)
+    assert pruned == read_whole
+    counts = orjson.loads(pruned[1])["cards"][0]["extension"]["nxp2-cds.assessment"]["counts"]
+    assert counts["skipped"]["modifier-extension"] == 3

@@ -176,3 +176,39 @@ def test_subject_without_reference_is_skipped(engine: Engine) -> None:
     """An Observation whose subject is only an identifier cannot be attributed and is skipped."""
     a = obs("2276-4", **qty(300, "ng/mL")) | {"subject": {"identifier": {"value": "MRN1"}}}
     assert findings(engine, patient(), a).skipped == {"no-subject": 1}
+
+
+NOT_DONE = [{"url": "http://hospital.example.org/fhir/StructureDefinition/not-performed", "valueBoolean": True}]
+
+
+def test_a_result_with_a_modifier_extension_is_not_read(engine: Engine) -> None:
+    """A ferritin result carrying a modifier extension (its meaning may be "not done", "negated") is skipped as
+    ``modifier-extension``, never read as if the extension were not there: the predictor stays unknown."""
+    modified = obs("2276-4", rid="fer-m", **qty(900, "ng/mL"), modifierExtension=NOT_DONE)
+    result = findings(engine, patient(), modified)
+    assert (result.predictors["ferritin_gt_200"].state, result.skipped) == (State.UNKNOWN, {"modifier-extension": 1})
+
+
+def test_a_component_with_a_modifier_extension_makes_its_result_unread(engine: Engine) -> None:
+    """A myositis panel whose anti-NXP2 component carries a modifier extension is skipped whole: the child is not
+    called anti-NXP2 positive on it."""
+    from tests.builders import LOCAL, coded
+
+    component = {
+        "code": {"coding": [{"system": LOCAL, "code": "MYO-NXP2"}], "text": "NXP2 Ab"},
+        "valueCodeableConcept": coded(SCT, "10828004", "Positive"),
+        "modifierExtension": NOT_DONE,
+    }
+    panel = obs("MYO-PANEL", system=LOCAL, text="Myositis panel", component=[component])
+    result = findings(engine, patient(), panel)
+    assert (result.predictors["anti_nxp2_positive"].state, result.skipped) == (
+        State.UNKNOWN,
+        {"modifier-extension": 1},
+    )
+
+
+def test_a_condition_with_a_modifier_extension_is_not_counted(engine: Engine) -> None:
+    """An edema Condition carrying a modifier extension does not make edema present."""
+    edema = condition("R60.0", rid="edema-m", modifierExtension=NOT_DONE)
+    result = findings(engine, patient(), edema)
+    assert (result.predictors["edema"].state is State.PRESENT, result.skipped) == (False, {"modifier-extension": 1})
