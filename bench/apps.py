@@ -24,9 +24,13 @@ def service_settings(**overrides: Any) -> Any:
 
 
 def service_app(**overrides: Any) -> Flask:
-    from cds_service import create_app
+    from cds_service.web.app import configure_process, create_app, freeze_startup_heap
 
-    return create_app(service_settings(**overrides), migrate=True)
+    settings = service_settings(**overrides)
+    configure_process(settings)  # as a production worker starts
+    app = create_app(settings, migrate=True)
+    freeze_startup_heap()
+    return app
 
 
 def add_parse_route(app: Flask) -> Flask:
@@ -43,13 +47,15 @@ def add_parse_route(app: Flask) -> Flask:
 def gunicorn_app(kind: str = "hook") -> Any:
     """The WSGI application of the benchmark's gunicorn server, as production's gunicorn loads it (the service behind
     its RequestGuard), with the read-and-parse route beside the hook."""
-    from cds_service import create_app
-    from cds_service.server import RequestGuard
+    from cds_service.server.supervisor import RequestGuard
+    from cds_service.web.app import configure_process, create_app, freeze_startup_heap
 
     if kind != "hook":
         raise ValueError(f"unknown app {kind!r}")
     settings = service_settings(log_level=os.environ.get("BENCH_LOG_LEVEL", "INFO"))
+    configure_process(settings)  # as a production worker starts
     app = add_parse_route(create_app(settings, migrate=True))
+    freeze_startup_heap()
     return RequestGuard(
         app.wsgi_app,
         max_body_bytes=settings.max_body_bytes,

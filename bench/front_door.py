@@ -140,7 +140,7 @@ def under_slow_clients(port: int, body: bytes, requests_count: int, rate: float)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from cds_service.server import find_nginx
+    from cds_service.server.supervisor import find_nginx
 
     if find_nginx() is None:
         return {"skipped": "nginx is not installed (Debian: apt-get install nginx)"}

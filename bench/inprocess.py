@@ -30,7 +30,7 @@ def naive_handler(engine: Any, body: bytes) -> list[dict[str, Any]]:
     for value in document["prefetch"].values():
         if value is not None:
             (Bundle if value["resourceType"] == "Bundle" else Patient).model_validate(value)
-    from cds_service.cards import CardContext
+    from cds_service.core.cards import CardContext
 
     context = document["context"]
     resources = [v for v in document["prefetch"].values() if v is not None]

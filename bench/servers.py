@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--threads", type=int)
     args = parser.parse_args()
-    from cds_service.server import gunicorn_options, limit_malloc_arenas, prepare_metrics_directory
+    from cds_service.server.supervisor import gunicorn_options, limit_malloc_arenas, prepare_metrics_directory
 
     prepare_metrics_directory()  # as `nxp2-cds serve`: before anything imports prometheus_client
     limit_malloc_arenas()

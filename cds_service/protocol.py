@@ -2,7 +2,7 @@
 
 Requests are validated here and nowhere else. Prefetch values are *not* modelled: they are FHIR resources,
 read by ``fhir_mappings`` straight from JSON (validating a whole chart with pydantic would be slow and is not
-needed to use it); the hook decodes them to just the fields the mappings read (:mod:`cds_service.decode`), and
+needed to use it); the hook decodes them to just the fields the mappings read (:mod:`cds_service.web.decode`), and
 the envelope validated here is exactly what it was. Requests from CDS Hooks 1.0 clients fit the same models.
 """
 

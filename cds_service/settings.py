@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .resources import config_path
+from cds_service.resources import config_path
 
 CONFIG_ENV = "NXP2_CDS_CONFIG"
 
@@ -162,7 +162,7 @@ class ServerSettings(_Section):
     balancers that watch readiness; Kubernetes' preStop does this job in deploy/kubernetes)."""
     front_door_secret: SecretStr | None = None
     """Set by ``nxp2-cds serve`` for its workers (never by hand): the secret of the header its nginx writes on every
-    request (``cds_service/front_door.py``)."""
+    request (``cds_service/web/front_door.py``)."""
     runtime_dir: Path | None = None
     """Where the front door keeps its configuration, socket and request-body buffers (default: the system's temporary
     folder). Bodies larger than 64 KB wait there on disk until complete, so it should not be a memory filesystem."""

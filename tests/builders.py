@@ -202,7 +202,7 @@ def assert_valid_healthchain(response_json: Json) -> None:
     """The hook response parses as HealthChain's ``CDSResponse``: pydantic models of CDS Hooks that others wrote, an
     independent reading of the specification beside the JSON Schema above. HealthChain ignores the fields it does
     not model (``extension``), so this checks the standard ones. Raises ``ImportError`` without HealthChain
-    (imported by name: it is an optional test dependency, see tests/test_interop.py)."""
+    (imported by name: it is an optional test dependency, see tests/web/test_interop.py)."""
     import importlib
 
     import pydantic

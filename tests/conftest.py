@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cds_service.engine import Engine
-from cds_service.knowledge import KnowledgeBase, load_knowledge
+from cds_service.core.engine import Engine
+from cds_service.core.knowledge import KnowledgeBase, load_knowledge
 from fhir_mappings import Terminology
 
 pytest_plugins = ["tests.http_support", "tests.db_fixtures"]

@@ -12,10 +12,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from cds_service import create_app
-from cds_service.engine import Engine
-from cds_service.feedback import CardRecorder, Store
+from cds_service.core.engine import Engine
 from cds_service.settings import load_settings
+from cds_service.store.feedback import CardRecorder, Store
+from cds_service.web.app import configure_process, create_app
 from tests.builders import AT
 
 SERVICE_URL = "/cds-services/nxp2-jdm-risk"
@@ -40,6 +40,7 @@ def make_app(tmp_path: Path, engine: Engine) -> Iterator[AppFactory]:
         stores.append(store)
         recorders.append(recorder)
         shared = None if {"mappings", "knowledge_file", "cards"} & set(overrides) else engine
+        configure_process(settings)  # as a serving process does before it builds its application
         return create_app(settings, engine=shared, store=store, recorder=recorder, clock=clock, migrate=True)
 
     yield build

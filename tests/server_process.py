@@ -80,7 +80,17 @@ def running(
     request) to ``log`` or a new file in ``cwd``; yield it once /healthz answers. Whatever is left of it is stopped
     afterwards (SIGTERM, then SIGKILL)."""
     port = free_port()
-    command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port), "--workers", str(workers), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "cds_service.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *args,
+    ]
     if log is None:
         handle, name = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=cwd)
         os.close(handle)

@@ -12,7 +12,7 @@ from fhir.resources.R4B.bundle import Bundle
 from bench import workload
 from bench.__main__ import CQL_HINT, goals, markdown
 from bench.stats import percentile
-from cds_service.engine import Engine
+from cds_service.core.engine import Engine
 
 
 @pytest.mark.parametrize("size", [10, 100, 1000])
@@ -38,7 +38,7 @@ def test_workload_is_mostly_unrelated_data(engine: Engine) -> None:
 @pytest.mark.parametrize(("eligible", "cards"), [(True, 2), (False, 0)])
 def test_eligible_chart_gives_cards_the_other_none(engine: Engine, eligible: bool, cards: int) -> None:
     """The eligible chart yields both risk cards; the ineligible one (no JDM, no anti-NXP2) none."""
-    from cds_service.cards import CardContext
+    from cds_service.core.cards import CardContext
 
     assessment = engine.assess(workload.chart(300, eligible=eligible), patient_id=workload.PID, at=datetime.now(UTC))
     assert len(engine.cards(assessment, CardContext(hook_instance="h", patient_id=workload.PID))) == cards

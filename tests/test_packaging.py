@@ -41,7 +41,7 @@ def test_wheel_contains_configuration_and_value_sets(wheel: Path) -> None:
         "cds_service/_examples/patients/index.json",
         "cds_service/schemas/cds-hooks-2.0.1.derived.schema.json",
     } <= names
-    assert "cds_service/templates/evidence.html" in names
+    assert "cds_service/web/templates/evidence.html" in names
 
 
 def test_installed_wheel_evaluates_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_installed_wheel_evaluates_outside_the_checkout(wheel: Path, tmp_path: P
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NXP2_CDS_")}
     env["PYTHONPATH"] = str(target)
-    code = "import sys; from cds_service.cli import main; sys.argv=['nxp2-cds', *sys.argv[1:]]; main()"
+    code = "import sys; from cds_service.cli.main import main; sys.argv=['nxp2-cds', *sys.argv[1:]]; main()"
     result = subprocess.run(
         [
             sys.executable,

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds_service.cards import CardContext
-from cds_service.engine import Engine
+from cds_service.core.cards import CardContext
+from cds_service.core.engine import Engine
 from fhir_mappings.dates import parse_fhir_date, parse_fhir_datetime
 from fhir_mappings.terminology import MAX_TEXT
 from fhir_mappings.values import MAX_MAGNITUDE, as_number, parse_grade, parse_number_text, parse_titer
@@ -403,7 +403,7 @@ def test_escaped_text_renders_as_itself_in_commonmark(text: str) -> None:
 
     from markdown_it import MarkdownIt
 
-    from cds_service.cards import escape_markdown
+    from cds_service.core.cards import escape_markdown
 
     flat = " ".join(text.split())
     rendered = MarkdownIt("commonmark").render("x " + escape_markdown(text)).strip()

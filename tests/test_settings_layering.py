@@ -4,7 +4,7 @@ keys with ``__``) < keyword overrides; unknown keys and wrong types refused with
 key; secrets never in the message.
 
 Already covered elsewhere, so not repeated here: the CLI's one-line exit for invalid settings
-(tests/test_cli_db.py), the issuer and JWK Set validators (tests/test_auth.py)."""
+(tests/cli/test_cli_db.py), the issuer and JWK Set validators (tests/web/test_auth.py)."""
 
 from __future__ import annotations
 

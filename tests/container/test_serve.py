@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service.kit import as_of_now, card_tiers, prefetch_from_bundle
+from cds_service.kit.examples import as_of_now, card_tiers, prefetch_from_bundle
 from tests.builders import assert_valid_cds
 from tests.container.buildah import (
     USER_ID,

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cds_service.server import find_nginx
+from cds_service.server.supervisor import find_nginx
 
 REQUIRE_FRONT_DOOR = "NXP2_CDS_REQUIRE_FRONT_DOOR"
 LOOPBACK = "127.0.0.1"

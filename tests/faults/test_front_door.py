@@ -213,7 +213,7 @@ def test_serve_refuses_an_open_address_without_nginx(monkeypatch: pytest.MonkeyP
     fix); front_door = "nginx" refuses anywhere."""
     from click.testing import CliRunner
 
-    from cds_service.cli import main
+    from cds_service.cli.main import main
 
     for name in [k for k in os.environ if k.startswith("NXP2_CDS_")]:
         monkeypatch.delenv(name)
@@ -232,7 +232,7 @@ def test_serve_refuses_an_open_address_without_nginx(monkeypatch: pytest.MonkeyP
 def test_the_nginx_configuration_carries_the_settings(tmp_path: Path) -> None:
     """The generated nginx configuration holds the [server] timeouts and limits, max_body_bytes, the workers'
     socket, and an OperationOutcome for each of nginx's own errors."""
-    from cds_service.server import _NGINX_ERRORS, nginx_config
+    from cds_service.server.supervisor import _NGINX_ERRORS, nginx_config
     from cds_service.settings import ServerSettings
 
     settings = ServerSettings(header_timeout_seconds=7, body_timeout_seconds=8, keepalive_seconds=9)

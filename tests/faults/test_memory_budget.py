@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from bench import workload
-from cds_service.server import RequestGuard
+from cds_service.server.supervisor import RequestGuard
 from tests.faults.front_door import (
     SERVICE,
     MemorySampler,

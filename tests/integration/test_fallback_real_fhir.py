@@ -8,7 +8,7 @@ from typing import Any
 import requests
 from flask import Flask
 
-from cds_service.cards import EXTENSION_KEY
+from cds_service.contracts import EXTENSION_KEY
 from tests.builders import LOCAL, SCT, assert_valid_cds, condition, obs, patient, qty
 from tests.fhir_server.launcher import FhirTestServer
 from tests.http_support import SERVICE_URL, AppFactory, runtime_of

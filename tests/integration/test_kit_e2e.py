@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cds_service.kit import card_tiers, example_index
+from cds_service.kit.examples import card_tiers, example_index
 from tests.fhir_server.launcher import FhirTestServer
 from tests.server_process import serving
 
@@ -25,7 +25,12 @@ LOCAL_CODE = example_index()["anti_nxp2_local_code"]
 
 def nxp2_cds(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cds_service.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=check
+        [sys.executable, "-m", "cds_service.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
     )
 
 

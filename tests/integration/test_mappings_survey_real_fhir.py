@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service.kit import example_index
+from cds_service.kit.examples import example_index
 from tests.fhir_server.launcher import FhirTestServer
 
 ROOT = Path(__file__).resolve().parents[2]

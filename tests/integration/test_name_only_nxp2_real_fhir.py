@@ -16,7 +16,7 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_service.cards import EXTENSION_KEY
+from cds_service.contracts import EXTENSION_KEY
 from tests.builders import LOCAL, assert_valid_cds, birth_date_for_age, condition, obs, patient, qty
 from tests.fhir_server.launcher import FhirTestServer
 from tests.http_support import SERVICE_URL, AppFactory

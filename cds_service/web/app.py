@@ -1,0 +1,118 @@
+"""Building the WSGI application: :func:`create_app`, the one factory (gunicorn workers, tests, the CLI)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import structlog
+from flask import Flask
+from flask_cors import CORS
+
+from cds_service import errors
+from cds_service.core.engine import Engine
+from cds_service.core.knowledge import KnowledgeError
+from cds_service.fhir.client import new_session
+from cds_service.settings import SettingsError, load_settings
+from cds_service.store.feedback import Store, StoreError
+from cds_service.store.spool import spooling_recorder
+from cds_service.telemetry import logs
+from cds_service.web import api, evidence_page
+from cds_service.web.auth import Authenticator
+
+if TYPE_CHECKING:
+    import requests
+    from flask import Flask
+
+    from cds_service.core.engine import Engine
+    from cds_service.settings import Settings
+    from cds_service.store.feedback import CardRecorder, Store
+
+
+class StartupError(RuntimeError):
+    """The service cannot start with this configuration; the message says what to do."""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    store: Store | None = None,
+    recorder: CardRecorder | None = None,
+    session: requests.Session | None = None,
+    clock: Callable[[], datetime] | None = None,
+    migrate: bool = False,
+) -> Flask:
+    """Build the WSGI application. Everything is loaded and validated here, once per process: settings, the
+    knowledge base and value sets, the database (whose schema must be current, or ``migrate=True``)."""
+    try:
+        settings = settings or load_settings()
+        engine = engine or Engine.load(
+            settings.knowledge_file, settings.mappings.local_codes, language=settings.cards.language
+        )
+    except (SettingsError, KnowledgeError) as exc:
+        raise StartupError(str(exc)) from exc
+    session = session or new_session()
+    store = store or Store(settings.database_url, settings.database)
+    try:
+        authenticator = Authenticator(settings.auth, replay_store=store, session=session)
+    except ValueError as exc:
+        raise StartupError(f"auth: {exc}") from exc
+    log = structlog.get_logger("nxp2_cds")
+    if not authenticator.required:
+        log.warning("AUTHENTICATION DISABLED: any caller can use this service; use only on a loopback address")
+    elif not settings.auth.issuers:
+        log.warning("no [[auth.issuers]] configured: every call will be refused with 401")
+    unmapped = engine.unmapped_by_code()
+    if unmapped:
+        log.warning(
+            "PREDICTORS WITHOUT A SITE CODE: recognised by name only (or not at all); "
+            "run `nxp2-cds mappings survey --fhir-server URL` and add [mappings.local_codes]",
+            predictors=sorted(unmapped),
+        )
+    if migrate:
+        store.migrate()
+    else:
+        schema = store.schema_state()
+        if schema == "not-current":
+            raise StartupError("the database schema is not current: run `nxp2-cds migrate` first")
+        if schema == "unreachable":  # a worker restarted during an outage serves hooks; /readyz tells the rest
+            log.warning("DATABASE UNREACHABLE AT START-UP: serving anyway; the schema is checked by /readyz")
+    if recorder is None:
+        try:
+            recorder = spooling_recorder(store)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from exc
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    CORS(
+        app,
+        resources={r"/cds-services*": {}},
+        origins=list(settings.cors.allowed_origins),
+        allow_headers=["Authorization", "Content-Type"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=86400,
+    )
+    errors.init_app(app)
+    api.init_app(app, api.Runtime.build(settings, engine, store, recorder, session, clock, authenticator))
+    app.register_blueprint(evidence_page.bp)
+    return app
+
+
+def configure_process(settings: Settings) -> None:
+    """What a serving process does once, before it builds its application (``nxp2-cds serve``'s workers, the CLI):
+    JSON logs on stderr at the configured level. The root logger belongs to the process, not to an application, so
+    :func:`create_app` leaves it alone."""
+    logs.configure(settings.log_level)
+
+
+def freeze_startup_heap() -> None:
+    """Once the application is built: everything loaded so far lives as long as the process, so keep it out of the
+    garbage collector's scans (a request that allocates much, a large prefetch, then does not pay for traversing
+    the models and value sets). Process-wide, so the server calls it, never the factory."""
+    gc.collect()
+    gc.freeze()
