@@ -5,22 +5,16 @@ Both read ``database_url`` from the settings. Any error is one line on standard 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
 
 import click
 import orjson
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from cds_service.cli.common import fail
 from cds_service.settings import SettingsError, load_settings
 from cds_service.store.feedback import ReasonCount, Report, Store, StoreError
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"nxp2-cds: {' '.join(message.split())}", err=True)
-    sys.exit(2)
 
 
 def _database_error(exc: SQLAlchemyError) -> str:
@@ -36,15 +30,15 @@ def _store() -> Iterator[Store]:
     try:
         database_url = load_settings().database_url
     except SettingsError as exc:
-        _fail(str(exc).replace("\n", " "))
+        fail(str(exc).replace("\n", " "))
     try:
         store = Store(database_url)
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         yield store
     except SQLAlchemyError as exc:
-        _fail(_database_error(exc))
+        fail(_database_error(exc))
     finally:
         store.dispose()
 
@@ -70,7 +64,7 @@ def report(as_json: bool, service_id: str | None) -> None:
     suggested order, and feedback on cards this database never issued."""
     with _store() as store:
         if store.current_revision() != store.head_revision():
-            _fail("the database schema is not up to date: run 'nxp2-cds migrate'")
+            fail("the database schema is not up to date: run 'nxp2-cds migrate'")
         result = store.report(service_id)
     if as_json:
         click.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())

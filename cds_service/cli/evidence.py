@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import tomli_w
 
+from cds_service.cli.common import fail
 from cds_service.core.knowledge import KnowledgeBase, KnowledgeError, load_knowledge
 from cds_service.evidence.statistics import (
     CohortError,
@@ -29,17 +30,11 @@ KNOWLEDGE_OPTION = click.option(
 )
 
 
-def _fail(message: str) -> None:
-    click.echo(f"nxp2-cds: {message}", err=True)
-    sys.exit(2)
-
-
 def _knowledge(path: Path | None) -> KnowledgeBase:
     try:
         return load_knowledge(path or load_settings().knowledge_file)
     except (KnowledgeError, SettingsError) as exc:
-        _fail(str(exc))
-        raise  # unreachable
+        fail(str(exc))
 
 
 @click.group()
@@ -75,7 +70,7 @@ def cohort_command(knowledge_file: Path | None, output: Path) -> None:
     try:
         text = cohort_csv(cohort_from_counts(knowledge))
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if str(output) == "-":
         click.echo(text, nl=False)
     else:
@@ -104,8 +99,7 @@ def fit_command(
     try:
         text = sys.stdin.read() if str(cohort_file) == "-" else cohort_file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"{cohort_file}: cannot be read: {exc}")
-        raise
+        fail(f"{cohort_file}: cannot be read: {exc}")
     try:
         cohort = read_cohort(text, base, name=str(cohort_file))
         n = len(cohort.patients)
@@ -117,8 +111,7 @@ def fit_command(
             today=datetime.now(UTC).date(),
         )
     except (CohortError, KnowledgeError) as exc:
-        _fail(str(exc))
-        raise
+        fail(str(exc))
     document = fitted.model_dump(mode="json", exclude_none=True)
     header = (
         f"# nxp2-cds knowledge base fitted on {cohort_file.name} ({n} patients) with `nxp2-cds evidence fit`.\n"

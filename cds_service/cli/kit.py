@@ -18,6 +18,7 @@ from urllib.parse import urljoin
 import click
 import requests
 
+from cds_service.cli.common import FAILED, fail
 from cds_service.kit.client_tokens import ClientKey
 from cds_service.kit.examples import (
     as_of_now,
@@ -32,11 +33,6 @@ from cds_service.kit.examples import (
 
 DEFAULT_ISSUER = "https://nxp2-cds-kit.example.org/client"
 FHIR_JSON = "application/fhir+json"
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"nxp2-cds: {message}", err=True)
-    sys.exit(code)
 
 
 # -- keys ----------------------------------------------------------------------------------------------------
@@ -56,7 +52,7 @@ def generate(directory: Path, alg: str, iss: str, kid: str | None) -> None:
     """Write a key pair for a test CDS client into DIRECTORY: private-key.pem (mode 600), jwks.json (the public
     key, for the service to trust) and client.json (kid, alg, iss)."""
     if (directory / "private-key.pem").exists():
-        _fail(f"{directory}: already holds a key; choose another directory", 2)
+        fail(f"{directory}: already holds a key; choose another directory", 2)
     key = ClientKey.generate("ES384" if alg == "ES384" else "RS384", kid)
     key.save(directory, issuer=iss)
     click.echo(f"wrote {directory / 'private-key.pem'}, {directory / 'jwks.json'}, {directory / 'client.json'}")
@@ -77,7 +73,7 @@ class _Client:
             try:
                 self.key, saved_iss = ClientKey.load(keys_dir)
             except (OSError, ValueError, KeyError) as exc:
-                _fail(f"{keys_dir}: not a key directory from `nxp2-cds keys generate` ({exc})", 2)
+                fail(f"{keys_dir}: not a key directory from `nxp2-cds keys generate` ({exc})", 2)
             self.iss = iss or saved_iss or DEFAULT_ISSUER
         self.audience_base = audience_base.rstrip("/") if audience_base else None
         self.timeout = timeout
@@ -97,9 +93,9 @@ class _Client:
                 method, url, json=body, headers=self.headers(url) | {"Accept": "application/json"}, timeout=self.timeout
             )
         except requests.ConnectionError:
-            _fail(f"cannot reach {url}: is the service running (`nxp2-cds serve`) and the URL right?")
+            fail(f"cannot reach {url}: is the service running (`nxp2-cds serve`) and the URL right?", FAILED)
         except requests.Timeout:
-            _fail(f"{url} did not answer within {self.timeout:g} s")
+            fail(f"{url} did not answer within {self.timeout:g} s", FAILED)
 
 
 def _explain(response: requests.Response, what: str, signed: bool) -> NoReturn:
@@ -111,15 +107,18 @@ def _explain(response: requests.Response, what: str, signed: bool) -> NoReturn:
     except ValueError:
         pass
     if status == 401 and not signed:
-        _fail(f"{what}: 401 - the service requires a client JWT: pass --keys DIR (from `nxp2-cds keys generate`)")
+        fail(
+            f"{what}: 401 - the service requires a client JWT: pass --keys DIR (from `nxp2-cds keys generate`)", FAILED
+        )
     if status == 401:
-        _fail(
+        fail(
             f"{what}: 401 - the service refused the client JWT: does it trust this key's jwks.json and issuer, "
-            "and is the URL the audience it expects (public_base_url; see --audience-base)?"
+            "and is the URL the audience it expects (public_base_url; see --audience-base)?",
+            FAILED,
         )
     if status == 412:
-        _fail(f"{what}: 412 - the service could not obtain the patient's data: {details or 'no detail'}")
-    _fail(f"{what}: HTTP {status}{f' - {details}' if details else ''}")
+        fail(f"{what}: 412 - the service could not obtain the patient's data: {details or 'no detail'}", FAILED)
+    fail(f"{what}: HTTP {status}{f' - {details}' if details else ''}", FAILED)
 
 
 def _fhir_get(session: requests.Session, url: str, token: str | None, timeout: float) -> dict[str, Any] | None:
@@ -127,11 +126,11 @@ def _fhir_get(session: requests.Session, url: str, token: str | None, timeout: f
     try:
         response = session.get(url, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
-        _fail(f"cannot read {url} from the FHIR server: {type(exc).__name__}")
+        fail(f"cannot read {url} from the FHIR server: {type(exc).__name__}", FAILED)
     if response.status_code == 404:
         return None
     if response.status_code != 200:
-        _fail(f"the FHIR server answered {response.status_code} for {url}")
+        fail(f"the FHIR server answered {response.status_code} for {url}", FAILED)
     document: dict[str, Any] = response.json()
     return document
 
@@ -213,9 +212,9 @@ def call(
 ) -> None:
     """Act as a CDS client: fire patient-view at SERVICE_URL (…/cds-services/<id>) and show the cards."""
     if (bundle_file is None) == (fhir_server is None):
-        _fail("give either --bundle FILE or --fhir-server URL (with --patient)", 2)
+        fail("give either --bundle FILE or --fhir-server URL (with --patient)", 2)
     if "/cds-services/" not in service_url:
-        _fail("SERVICE_URL must look like http://host:port/cds-services/<service id>", 2)
+        fail("SERVICE_URL must look like http://host:port/cds-services/<service id>", 2)
     base, service_id = service_url.rstrip("/").rsplit("/", 1)
     client = _Client(keys_dir, iss, audience_base, timeout)
 
@@ -225,7 +224,7 @@ def call(
     discovery = answer.json()
     service = next((s for s in discovery.get("services", []) if s.get("id") == service_id), None)
     if service is None:
-        _fail(f"discovery at {base} lists no service '{service_id}'")
+        fail(f"discovery at {base} lists no service '{service_id}'", FAILED)
     templates: dict[str, str] = service.get("prefetch", {})
 
     request: dict[str, Any] = {"hook": service.get("hook", "patient-view"), "hookInstance": str(uuid.uuid4())}
@@ -233,18 +232,18 @@ def call(
         try:
             bundle = json.loads(bundle_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            _fail(f"{bundle_file}: not a readable JSON Bundle ({exc})", 2)
+            fail(f"{bundle_file}: not a readable JSON Bundle ({exc})", 2)
         if as_of:
             bundle = as_of_now(bundle, datetime.now(UTC).date())
         try:
             patient = patient or patient_of(bundle)
         except ValueError as exc:
-            _fail(f"{bundle_file}: {exc}", 2)
+            fail(f"{bundle_file}: {exc}", 2)
         request["prefetch"] = prefetch_from_bundle(bundle, templates, patient)
     else:
         assert fhir_server is not None
         if not patient:
-            _fail("--fhir-server needs --patient", 2)
+            fail("--fhir-server needs --patient", 2)
         if prefetch:
             request["prefetch"] = _prefetch_from_server(templates, fhir_server, patient, fhir_token, timeout)
         request["fhirServer"] = fhir_server
@@ -265,7 +264,7 @@ def call(
     response = answer.json()
     problems = schema_problems("serviceResponse", response)
     if problems:
-        _fail(f"the response does not follow CDS Hooks 2.0: {problems[0]}")
+        fail(f"the response does not follow CDS Hooks 2.0: {problems[0]}", FAILED)
     if as_json:
         click.echo(json.dumps(response, indent=2, ensure_ascii=False))
     else:
@@ -293,9 +292,9 @@ def load(fhir_server: str, token: str | None, timeout: float) -> None:
         try:
             response = requests.post(fhir_server.rstrip("/"), data=json.dumps(bundle), headers=headers, timeout=timeout)
         except requests.RequestException as exc:
-            _fail(f"cannot reach the FHIR server at {fhir_server}: {type(exc).__name__}")
+            fail(f"cannot reach the FHIR server at {fhir_server}: {type(exc).__name__}", FAILED)
         if response.status_code not in (200, 201):
-            _fail(f"{example['file']}: the FHIR server answered {response.status_code}: {response.text[:200]}")
+            fail(f"{example['file']}: the FHIR server answered {response.status_code}: {response.text[:200]}", FAILED)
         click.echo(f"{example['patient']}\t{example['description']}")
 
 

@@ -13,32 +13,11 @@ import click
 import orjson
 from pydantic import ValidationError
 
+from cds_service.cli.common import engine_or_fail, fail, settings_or_fail
 from cds_service.core.cards import CardContext
-from cds_service.core.engine import Engine
-from cds_service.core.knowledge import KnowledgeError
 from cds_service.protocol import HookRequest, PatientViewContext
-from cds_service.settings import Settings, SettingsError, load_settings
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"nxp2-cds: {message}", err=True)
-    sys.exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        _fail(str(exc))
-        raise  # unreachable
-
-
-def _engine(settings: Settings) -> Engine:
-    try:
-        return Engine.load(settings.knowledge_file, settings.mappings.local_codes, language=settings.cards.language)
-    except KnowledgeError as exc:
-        _fail(str(exc))
-        raise  # unreachable
+from cds_service.settings import Settings
+from cds_service.telemetry import logs
 
 
 def _parse_at(value: str | None) -> datetime:
@@ -47,8 +26,7 @@ def _parse_at(value: str | None) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        _fail(f"--at {value!r} is not an ISO-8601 date or date-time")
-        raise
+        fail(f"--at {value!r} is not an ISO-8601 date or date-time")
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
@@ -56,6 +34,7 @@ def _parse_at(value: str | None) -> datetime:
 @click.version_option(package_name="nxp2-cds")
 def main() -> None:
     """nxp2-cds: CDS Hooks service for anti-NXP2 positive juvenile dermatomyositis."""
+    logs.configure("WARNING")  # the command's own warnings as JSON lines on stderr (never in its output on stdout)
 
 
 @main.command()
@@ -69,22 +48,21 @@ def evaluate(request_file: Path, at: str | None) -> None:
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        _fail(f"{request_file}: not JSON: {exc}")
+        fail(f"{request_file}: not JSON: {exc}")
     try:
         request = HookRequest.model_validate(document)
         context = PatientViewContext.model_validate(request.context)
     except ValidationError as exc:
-        _fail(f"{request_file}: not a CDS Hooks patient-view request: {_first_error(exc)}")
-        raise
+        fail(f"{request_file}: not a CDS Hooks patient-view request: {_first_error(exc)}")
     if request.hook != "patient-view":
-        _fail(f"{request_file}: hook {request.hook!r} is not supported (patient-view only)")
+        fail(f"{request_file}: hook {request.hook!r} is not supported (patient-view only)")
     resources: list[Any] = []
     for key, value in (request.prefetch or {}).items():
         if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
             click.echo(f"nxp2-cds: prefetch {key!r} holds an OperationOutcome; ignored", err=True)
         elif value is not None:
             resources.append(value)
-    engine = _engine(_settings())
+    engine = engine_or_fail(settings_or_fail())
     assessment = engine.assess(resources, patient_id=context.patientId, at=_parse_at(at))
     cards = engine.cards(
         assessment,
@@ -120,19 +98,19 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
     from cds_service.store.feedback import Store, StoreError
     from cds_service.web.app import StartupError, configure_process, create_app
 
-    settings = _settings()
+    settings = settings_or_fail()
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     if settings.auth.mode == "required" and not settings.auth.issuers:
         if not is_loopback(host):
-            _fail(
+            fail(
                 f"refusing to serve on {host} without authentication: configure [[auth.issuers]] "
                 '(or set [auth] mode = "disabled" explicitly)'
             )
         os.environ["NXP2_CDS_AUTH__MODE"] = "disabled"  # the workers inherit it
-        settings = _settings()
+        settings = settings_or_fail()
     if not settings.public_base_url and not is_loopback(host):
-        _fail(
+        fail(
             f"refusing to serve on {host} without public_base_url: card links and the JWT audience come from it "
             "(never from a caller's Host header); set public_base_url (NXP2_CDS_PUBLIC_BASE_URL) to the URL EHRs call"
         )
@@ -146,12 +124,12 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
     door = settings.server.front_door
     nginx = None if door == "gunicorn" else find_nginx(settings.server.nginx)
     if nginx is None and door == "nginx":
-        _fail(
+        fail(
             f'[server] front_door = "nginx" but {settings.server.nginx!r} is not installed '
             "(Debian: apt-get install nginx)"
         )
     if nginx is None and door == "auto" and not is_loopback(host):
-        _fail(
+        fail(
             f"refusing to serve on {host} without nginx in front: slow clients could hold every worker thread. "
             'Install nginx (Debian: apt-get install nginx) or set [server] front_door = "gunicorn" explicitly'
         )
@@ -164,8 +142,7 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
     try:
         store = Store(settings.database_url)
     except StoreError as exc:
-        _fail(str(exc))
-        raise
+        fail(str(exc))
     wanted = settings.server.migrate_on_start if migrate is None else migrate
     if wanted or (wanted is None and settings.database_url.startswith("sqlite")):
         store.migrate()
@@ -173,7 +150,7 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
         configure_process(settings)
         create_app(settings, store=store)  # fail here, once, with a clear message rather than in every worker
     except StartupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         store.dispose()
     _serve(nginx, host, port, workers, threads, settings)
@@ -225,8 +202,7 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        _fail(f"{path}: {exc.strerror or exc}")
-        raise
+        fail(f"{path}: {exc.strerror or exc}")
 
 
 def _first_error(exc: ValidationError) -> str:

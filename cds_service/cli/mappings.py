@@ -16,6 +16,7 @@ from urllib.parse import quote
 import click
 import orjson
 
+from cds_service.cli.common import engine_or_fail, fail, settings_or_fail
 from cds_service.fhir.client import (
     Deadline,
     FhirClient,
@@ -129,22 +130,20 @@ def survey(fhir_server: str, patients: tuple[str, ...], token: str | None, page_
     edema ...) but are not mapped, with counts, and print the [mappings.local_codes] section to use.
 
     Uses the service's outbound rules ([fhir] settings): the server must be on [fhir] allowed_servers."""
-    from cds_service.cli.main import _engine, _fail, _settings
 
     bad = [p for p in patients if not _FHIR_ID.match(p)]
     if bad:
-        _fail(f"--patient {bad[0]!r} is not a FHIR id (A-Z, a-z, 0-9, '-', '.'; at most 64)")
-    settings = _settings()
+        fail(f"--patient {bad[0]!r} is not a FHIR id (A-Z, a-z, 0-9, '-', '.'; at most 64)")
+    settings = settings_or_fail()
     try:
         base, connect = connector(settings, fhir_server, token)
     except FhirNotAllowed as exc:
-        _fail(
+        fail(
             f"refusing to survey {fhir_server}: {exc}. The survey follows the service's outbound rules: add the "
             "server to [fhir] allowed_servers (and allow_http = true for a plain-http test server) in the site "
             "configuration (NXP2_CDS_CONFIG)"
         )
-        raise  # unreachable
-    engine = _engine(settings)
+    engine = engine_or_fail(settings)
     counter = Survey(engine.knowledge, engine.terminology, settings.mappings.local_codes)
     reports: list[SearchReport] = []
     for query in queries(patients, page_size):
@@ -152,7 +151,7 @@ def survey(fhir_server: str, patients: tuple[str, ...], token: str | None, page_
             reports.append(run_search(connect(), query, counter))
         except FhirError as exc:
             hint = " (is --token needed, or the right one?)" if "answered 401" in str(exc) else ""
-            _fail(f"{fhir_server}: {query}: {exc}{hint}")
+            fail(f"{fhir_server}: {query}: {exc}{hint}")
     result = counter.result(base, reports, patients)
     if as_json:
         click.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
