@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cds_service.store.feedback import Store
+from cds_service.store.store import Store
 
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"

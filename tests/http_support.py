@@ -14,7 +14,8 @@ from werkzeug.test import TestResponse
 
 from cds_service.core.engine import Engine
 from cds_service.settings import load_settings
-from cds_service.store.feedback import CardRecorder, Store
+from cds_service.store.recorder import CardRecorder
+from cds_service.store.store import Store
 from cds_service.web.app import configure_process, create_app
 from tests.builders import AT
 

@@ -14,7 +14,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from cds_service.cli.common import fail
 from cds_service.settings import SettingsError, load_settings
-from cds_service.store.feedback import ReasonCount, Report, Store, StoreError
+from cds_service.store.database import StoreError
+from cds_service.store.records import ReasonCount, Report
+from cds_service.store.store import Store
 
 
 def _database_error(exc: SQLAlchemyError) -> str:

@@ -95,7 +95,8 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
     from cds_service.server.supervisor import find_nginx, prepare_metrics_directory
 
     prepare_metrics_directory()  # before anything imports prometheus_client: the workers share it
-    from cds_service.store.feedback import Store, StoreError
+    from cds_service.store.database import StoreError
+    from cds_service.store.store import Store
     from cds_service.web.app import StartupError, configure_process, create_app
 
     settings = settings_or_fail()

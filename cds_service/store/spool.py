@@ -17,7 +17,7 @@ the death of a worker (``kill -9`` included).
   gauge ``nxp2_cds_spool_pending_records``.
 
 The directory must be on a local disk (``flock`` over NFS is not to be trusted) that outlives the process: in a
-container, a volume. Records carry what :class:`~cds_service.store.feedback.IssuedCard` keeps: no patient identifier.
+container, a volume. Records carry what :class:`~cds_service.store.records.IssuedCard` keeps: no patient identifier.
 """
 
 from __future__ import annotations
@@ -39,15 +39,10 @@ from typing import Final
 
 import orjson
 
-from cds_service.store.feedback import (
-    AVAILABILITY_ERRORS,
-    CardRecorder,
-    CardSink,
-    IssuedCard,
-    Store,
-    StoreError,
-    _Flush,
-)
+from cds_service.store.database import AVAILABILITY_ERRORS, StoreError
+from cds_service.store.recorder import CardRecorder, CardSink, _Flush
+from cds_service.store.records import IssuedCard
+from cds_service.store.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +355,7 @@ class _Outage:
 
 
 class SpoolingCardRecorder(CardRecorder):
-    """A :class:`~cds_service.store.feedback.CardRecorder` whose records go through a :class:`CardSpool`: :meth:`submit`
+    """A :class:`~cds_service.store.recorder.CardRecorder` whose records go through a :class:`CardSpool`: :meth:`submit`
     appends them to this process's spool file (one write, no fsync) and returns; the writer thread writes sealed
     segments to the database, retrying while it is unavailable, and adopts the files of dead processes.
 
@@ -647,7 +642,7 @@ def spool_directory(store: Store) -> Path:
 
 def spooling_recorder(store: Store) -> SpoolingCardRecorder:
     """The service's recorder: spooled in :func:`spool_directory`, bounded by ``[database] spool_max_bytes``.
-    Raises :class:`~cds_service.store.feedback.StoreError` when the directory cannot be used."""
+    Raises :class:`~cds_service.store.database.StoreError` when the directory cannot be used."""
     spool = CardSpool(spool_directory(store), max_bytes=store.settings.spool_max_bytes)
     try:
         spool.prepare()

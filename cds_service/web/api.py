@@ -29,7 +29,9 @@ from cds_service.fhir.client import Deadline, FhirClient, ServerPolicy
 from cds_service.fhir.prefetch import Resolved, build_templates, resolve
 from cds_service.protocol import FeedbackRequest, HookRequest, PatientViewContext
 from cds_service.settings import Settings
-from cds_service.store.feedback import CardRecorder, IssuedCard, Store
+from cds_service.store.recorder import CardRecorder
+from cds_service.store.records import IssuedCard
+from cds_service.store.store import Store
 from cds_service.telemetry import metrics
 from cds_service.web import decode, openapi
 from cds_service.web.auth import Authenticator

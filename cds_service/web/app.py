@@ -16,8 +16,9 @@ from cds_service.core.engine import Engine
 from cds_service.core.knowledge import KnowledgeError
 from cds_service.fhir.client import new_session
 from cds_service.settings import SettingsError, load_settings
-from cds_service.store.feedback import Store, StoreError
+from cds_service.store.database import StoreError
 from cds_service.store.spool import spooling_recorder
+from cds_service.store.store import Store
 from cds_service.telemetry import logs
 from cds_service.web import api, evidence_page
 from cds_service.web.auth import Authenticator
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 
     from cds_service.core.engine import Engine
     from cds_service.settings import Settings
-    from cds_service.store.feedback import CardRecorder, Store
+    from cds_service.store.recorder import CardRecorder
+    from cds_service.store.store import Store
 
 
 class StartupError(RuntimeError):

@@ -12,7 +12,8 @@ from click.testing import CliRunner, Result
 from cds_service.cli.db import feedback, migrate
 from cds_service.protocol import FeedbackItem
 from cds_service.settings import CONFIG_ENV
-from cds_service.store.feedback import IssuedCard, OfferedSuggestion, Store
+from cds_service.store.records import IssuedCard, OfferedSuggestion
+from cds_service.store.store import Store
 from tests.builders import AT
 
 SERVICE = "nxp2-jdm-risk"

@@ -74,7 +74,7 @@ def test_migrate_init_container_brings_postgresql_to_the_newest_schema(
         assert migrated.returncode == 0, migrated.stderr
         head = run(
             container,
-            ["python", "-c", "from cds_service.store.feedback import Store; print(Store.head_revision())"],
+            ["python", "-c", "from cds_service.store.store import Store; print(Store.head_revision())"],
             timeout=MIGRATE_SECONDS,
         )
         assert head.returncode == 0, head.stderr

@@ -33,7 +33,7 @@ import pytest
 import requests
 
 from cds_service.kit.client_tokens import ClientKey
-from cds_service.store.feedback import Store
+from cds_service.store.store import Store
 from tests.builders import condition, hook_request, patient
 from tests.faults.front_door import require_nginx
 from tests.faults.postgres_cluster import Cluster, own_cluster

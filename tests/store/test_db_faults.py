@@ -33,15 +33,11 @@ from prometheus_client import REGISTRY
 from cds_service.core.engine import Engine
 from cds_service.kit.client_tokens import ClientKey
 from cds_service.settings import DatabaseSettings, load_settings
-from cds_service.store.feedback import (
-    BoundedCalls,
-    DatabaseTimeout,
-    DatabaseUnavailable,
-    IssuedCard,
-    MemoryReplays,
-    Store,
-)
+from cds_service.store.database import BoundedCalls, DatabaseTimeout, DatabaseUnavailable
+from cds_service.store.records import IssuedCard
+from cds_service.store.replays import MemoryReplays
 from cds_service.store.spool import CardSpool, SpoolingCardRecorder, spool_directory, spooling_recorder
+from cds_service.store.store import Store
 from cds_service.web.app import StartupError, create_app
 from tests.builders import AT, condition, hook_request, patient
 from tests.http_support import FEEDBACK_URL, SERVICE_URL, runtime_of
@@ -220,7 +216,7 @@ def test_an_outage_is_logged_once_not_per_request(caplog: pytest.LogCaptureFixtu
     """Twenty replay checks during one outage log one loud line, not twenty."""
     store = Store(refused_url())
     try:
-        with caplog.at_level(logging.WARNING, logger="cds_service.store.feedback"):
+        with caplog.at_level(logging.WARNING, logger="cds_service.store"):
             for n in range(20):
                 store.remember_jti(EHR, f"jti-{n}", LATER, NOW)
         loud = [r for r in caplog.records if "DATABASE UNAVAILABLE" in r.getMessage()]
@@ -530,7 +526,7 @@ WRITER = textwrap.dedent(
     from datetime import UTC, datetime
     from pathlib import Path
     import orjson
-    from cds_service.store.feedback import IssuedCard
+    from cds_service.store.records import IssuedCard
     from cds_service.store.spool import CardSpool
     spool = CardSpool(Path(sys.argv[1]), max_bytes=10_000_000)
     at = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

@@ -14,18 +14,18 @@ from sqlalchemy.dialects import postgresql
 from cds_service.core.cards import CardContext
 from cds_service.core.engine import Engine
 from cds_service.protocol import FeedbackItem
-from cds_service.store.feedback import (
+from cds_service.store.database import alembic_config
+from cds_service.store.records import (
     IssuedCard,
     OfferedSuggestion,
     ReasonCount,
     ReportRow,
-    Store,
     SuggestionRow,
     UnlinkedRow,
     UnmatchedSuggestions,
-    UtcDateTime,
-    alembic_config,
 )
+from cds_service.store.schema import UtcDateTime
+from cds_service.store.store import Store
 from tests.builders import AT, condition, obs, patient, qty
 from tests.synthetic_patients import nxp2_positive
 

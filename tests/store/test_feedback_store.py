@@ -18,16 +18,11 @@ from alembic.runtime.migration import MigrationContext
 from cds_service.core.cards import CardContext
 from cds_service.core.engine import Engine
 from cds_service.protocol import FeedbackItem
-from cds_service.store.feedback import (
-    CardRecorder,
-    FeedbackResult,
-    IssuedCard,
-    ReasonCount,
-    Store,
-    StoreError,
-    feedback,
-    metadata,
-)
+from cds_service.store.database import StoreError
+from cds_service.store.recorder import CardRecorder
+from cds_service.store.records import FeedbackResult, IssuedCard, ReasonCount
+from cds_service.store.schema import feedback, metadata
+from cds_service.store.store import Store
 from tests.builders import AT, condition, obs, patient, qty
 from tests.synthetic_patients import nxp2_positive
 
@@ -129,7 +124,7 @@ def test_concurrent_migrations_do_not_race(database_url: str) -> None:
 
 
 def test_migrations_match_the_table_definitions(store: Store) -> None:
-    """The tables the migrations create are the ones cds_service.store.feedback declares (no autogenerate diff)."""
+    """The tables the migrations create are the ones cds_service.store.schema declares (no autogenerate diff)."""
     with store.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
     assert differences == []
@@ -535,7 +530,7 @@ def test_a_failed_batch_is_logged_without_card_data(sqlite_url: str, caplog: pyt
     store = Store(sqlite_url)  # not migrated
     recorder = CardRecorder(store)
     try:
-        with caplog.at_level(logging.ERROR, logger="cds_service.store.feedback"):
+        with caplog.at_level(logging.ERROR, logger="cds_service.store"):
             recorder.submit([card("card-uuid-123")])
             recorder.flush(30)
         assert "batch of 1 could not be written (OperationalError)" in caplog.text

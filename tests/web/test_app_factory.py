@@ -10,7 +10,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from cds_service.settings import load_settings
-from cds_service.store.feedback import CardRecorder, Store, issued_cards
+from cds_service.store.recorder import CardRecorder
+from cds_service.store.schema import issued_cards
+from cds_service.store.store import Store
 from cds_service.web.app import create_app
 from tests.builders import AT, hook_request
 from tests.http_support import SERVICE_URL

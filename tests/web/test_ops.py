@@ -9,7 +9,7 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 
-from cds_service.store.feedback import Store
+from cds_service.store.store import Store
 from tests.builders import condition, hook_request, patient, searchset
 from tests.http_support import FEEDBACK_URL, SERVICE_URL, AppFactory, runtime_of
 from tests.synthetic_patients import nxp2_positive
