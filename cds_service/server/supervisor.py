@@ -1,4 +1,4 @@
-"""The production server: nginx in front of gunicorn (threaded workers) running :func:`cds_service.create_app`.
+"""The production server: nginx in front of gunicorn (threaded workers) running :func:`cds_service.web.app.create_app`.
 
 The front door (``[server] front_door``, docs/deployment.md "Front door"):
 

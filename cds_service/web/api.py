@@ -1,7 +1,7 @@
 """The CDS Hooks endpoints: discovery, the patient-view service, feedback.
 
 Parsing and validation happen here (request bodies → :mod:`protocol` models); the work is done by the pure
-engine; I/O (the FHIR server, the database, the clock) stays in this module and :mod:`prefetch`.
+engine; I/O (the FHIR server, the database, the clock) stays in this module and :mod:`cds_service.fhir.prefetch`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 
 @dataclass
 class Runtime:
-    """Everything the endpoints need, built once per worker process by :func:`cds_service.create_app`."""
+    """Everything the endpoints need, built once per worker process by :func:`cds_service.web.app.create_app`."""
 
     settings: Settings
     engine: Engine

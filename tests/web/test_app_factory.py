@@ -8,7 +8,9 @@ import logging
 from pathlib import Path
 
 import sqlalchemy as sa
+from flask import Flask
 
+from cds_service.contracts import EXTENSION_KEY
 from cds_service.settings import load_settings
 from cds_service.store.recorder import CardRecorder
 from cds_service.store.schema import issued_cards
@@ -19,7 +21,7 @@ from tests.http_support import SERVICE_URL
 from tests.synthetic_patients import CASES
 
 
-def build(tmp_path: Path, name: str, **overrides: object) -> tuple[object, Store, CardRecorder]:
+def build(tmp_path: Path, name: str, **overrides: object) -> tuple[Flask, Store, CardRecorder]:
     settings = load_settings(
         database_url=f"sqlite:///{tmp_path}/{name}.sqlite3", auth={"mode": "disabled"}, **overrides
     )
@@ -48,9 +50,9 @@ def test_two_apps_in_one_process_answer_each_by_its_own_settings(tmp_path: Path)
     chinese, chinese_store, chinese_recorder = build(tmp_path, "zh", cards={"language": "zh-CN"})
     try:
         body = hook_request(case.chart, pid=case.patient_id)
-        first = english.test_client().post(SERVICE_URL, json=body).get_json()["cards"]  # type: ignore[attr-defined]
-        second = chinese.test_client().post(SERVICE_URL, json=body).get_json()["cards"]  # type: ignore[attr-defined]
-        languages = [c["extension"]["nxp2-cds.assessment"]["knowledgeBase"]["language"] for c in first + second]
+        first = english.test_client().post(SERVICE_URL, json=body).get_json()["cards"]
+        second = chinese.test_client().post(SERVICE_URL, json=body).get_json()["cards"]
+        languages = [c["extension"][EXTENSION_KEY]["knowledgeBase"]["language"] for c in first + second]
         assert (set(languages[: len(first)]), set(languages[len(first) :])) == ({"en"}, {"zh-CN"})
         assert english_recorder.flush()
         with english_store.engine.connect() as connection:
@@ -58,7 +60,7 @@ def test_two_apps_in_one_process_answer_each_by_its_own_settings(tmp_path: Path)
         english_recorder.close()
         english_store.dispose()
         other = hook_request(case.chart, pid=case.patient_id, hook_instance="0b6c1c9e-2f4a-4d7e-9a1b-3c5d7e9f1a2b")
-        again = chinese.test_client().post(SERVICE_URL, json=other)  # type: ignore[attr-defined]
+        again = chinese.test_client().post(SERVICE_URL, json=other)
         assert again.status_code == 200
         assert chinese_recorder.flush()
         with chinese_store.engine.connect() as connection:
