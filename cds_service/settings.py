@@ -5,14 +5,20 @@
 3. ``NXP2_CDS_*`` environment variables (nested keys with ``__``: ``NXP2_CDS_FHIR__ALLOW_HTTP=true``),
 4. keyword overrides (tests, the command line).
 
+Every default value is in ``config/default.toml`` (keys that default to "not set" stand there as commented lines);
+the models below declare types and bounds only. A section built in code from some keys
+(``DatabaseSettings(statement_timeout_seconds=1.0)``) gets the shipped values for the others.
+
 Validated at start-up: a bad value stops the service with a message that names the key.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -40,8 +46,32 @@ class SettingsError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
+DEFAULTS_FILE = "default.toml"
+
+
+@cache
+def shipped_defaults() -> dict[str, Any]:
+    """The shipped ``config/default.toml``, read once."""
+    with config_path(DEFAULTS_FILE).open("rb") as file:
+        return tomllib.load(file)
+
+
 class _Section(BaseModel):
+    """A table of the settings. The keys not given take their values from the table ``TABLE`` of the shipped
+    ``config/default.toml`` (the one source of the defaults), whether the section is built from the layered files
+    or in code from keywords."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+    TABLE: ClassVar[str | None] = None
+    """This section's table in config/default.toml (``None``: no shipped table, e.g. an issuer). Its subclasses tell
+    mypy (whose pydantic plugin would otherwise require every key without a default) that no key is required."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shipped_for_missing_keys(cls, data: Any) -> Any:
+        if cls.TABLE is None or not isinstance(data, dict):
+            return data  # an instance is already complete; anything else is refused by the model itself
+        return shipped_defaults()[cls.TABLE] | data
 
 
 ASYMMETRIC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -56,7 +86,8 @@ class IssuerSettings(_Section):
     """The pinned JWK Set inline (``{ keys = [ … ] }``), instead of ``jwks_file``."""
     jku_allowlist: tuple[str, ...] = ()
     """``jku`` header values this issuer may point to (besides ``jwks_url``); with a pinned JWK Set they are allowed
-    in tokens but never fetched."""
+    in tokens but never fetched. (The one default left in Python: an issuer is an element of ``[[auth.issuers]]``,
+    which has no shipped table; empty is the key's absence.)"""
     tenants: tuple[str, ...] | None = None
     """When set, the token's ``tenant`` claim must be one of these."""
 
@@ -72,14 +103,19 @@ class IssuerSettings(_Section):
 
 
 class AuthSettings(_Section):
-    mode: Literal["required", "disabled"] = "required"
-    issuers: tuple[IssuerSettings, ...] = ()
-    algorithms: tuple[str, ...] = ("ES384", "RS384")
-    leeway_seconds: int = Field(default=60, ge=0, le=600)
-    max_token_lifetime_seconds: int = Field(default=3600, gt=0)
-    jwks_cache_seconds: int = Field(default=600, ge=0)
-    jwks_timeout_seconds: float = Field(default=3.0, gt=0)
-    allow_http: bool = False
+    TABLE = "auth"
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Any) -> None: ...  # no key is required (see _Section)
+
+    mode: Literal["required", "disabled"]
+    issuers: tuple[IssuerSettings, ...]
+    algorithms: tuple[str, ...]
+    leeway_seconds: int = Field(ge=0, le=600)
+    max_token_lifetime_seconds: int = Field(gt=0)
+    jwks_cache_seconds: int = Field(ge=0)
+    jwks_timeout_seconds: float = Field(gt=0)
+    allow_http: bool
     """Allow JWKS URLs over plain http (test servers only)."""
 
     @field_validator("algorithms")
@@ -102,62 +138,77 @@ class AuthSettings(_Section):
 
 
 class FhirSettings(_Section):
-    allowed_servers: tuple[str, ...] = ()
+    TABLE = "fhir"
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Any) -> None: ...  # no key is required (see _Section)
+
+    allowed_servers: tuple[str, ...]
     """``fhirServer`` values (base URLs) the service may call; anything else is refused without a request."""
-    allow_http: bool = False
-    request_timeout_seconds: float = Field(default=2.0, gt=0)
-    deadline_seconds: float = Field(default=4.0, gt=0)
+    allow_http: bool
+    request_timeout_seconds: float = Field(gt=0)
+    deadline_seconds: float = Field(gt=0)
     """Overall budget for all FHIR requests of one hook call."""
-    max_pages: int = Field(default=10, ge=1)
-    max_response_bytes: int = Field(default=20_000_000, gt=0)
+    max_pages: int = Field(ge=1)
+    max_response_bytes: int = Field(gt=0)
 
 
 class CorsSettings(_Section):
-    allowed_origins: tuple[str, ...] = ("*",)
+    TABLE = "cors"
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Any) -> None: ...  # no key is required (see _Section)
+
+    allowed_origins: tuple[str, ...]
 
 
 class ServerSettings(_Section):
     """The production server (``nxp2-cds serve``); command-line options override these."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    TABLE = "server"
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Any) -> None: ...  # no key is required (see _Section)
+
+    host: str
+    port: int = Field(ge=0, le=65535)
     workers: int | None = Field(default=None, ge=1, le=256)
     """Worker processes (default: the CPU count, at least 2)."""
     threads: int | None = Field(default=None, ge=1, le=256)
     """Threads per worker (default: 4)."""
-    timeout_seconds: int = Field(default=30, ge=1)
+    timeout_seconds: int = Field(ge=1)
     """A worker silent for longer than this is restarted."""
-    graceful_timeout_seconds: int = Field(default=20, ge=1)
+    graceful_timeout_seconds: int = Field(ge=1)
     """On SIGTERM, requests in flight get this long to finish."""
     migrate_on_start: bool | None = None
     """Apply database migrations before serving (default: yes for SQLite, no otherwise)."""
-    front_door: Literal["auto", "nginx", "gunicorn"] = "auto"
+    front_door: Literal["auto", "nginx", "gunicorn"]
     """What faces the clients (docs/deployment.md, "Front door"): ``nginx`` buffering every request in front of the
     gunicorn workers (slow or silent clients cannot hold a worker thread), or ``gunicorn`` alone (development only).
     ``auto``: nginx when it is installed; without it, gunicorn alone on a loopback address and a refusal to start on
     any other."""
-    nginx: str = "nginx"
+    nginx: str
     """The nginx executable (a name looked up on PATH and in /usr/sbin, or a path)."""
-    header_timeout_seconds: int = Field(default=10, ge=1, le=600)
+    header_timeout_seconds: int = Field(ge=1, le=600)
     """A client must send its whole request line and headers within this long (a silent connection is closed)."""
-    body_timeout_seconds: int = Field(default=10, ge=1, le=600)
+    body_timeout_seconds: int = Field(ge=1, le=600)
     """A client sending a body may pause at most this long between two reads; the response is written with the same
     patience."""
-    keepalive_seconds: int = Field(default=5, ge=0, le=600)
+    keepalive_seconds: int = Field(ge=0, le=600)
     """An idle keep-alive connection is closed after this long (0: one request per connection)."""
-    max_connections: int = Field(default=1024, ge=64, le=65536)
+    max_connections: int = Field(ge=64, le=65536)
     """The most connections the front door holds at once (clients and its own to the workers); beyond it new
     connections wait in the kernel's queue."""
-    max_active_requests: int = Field(default=128, ge=8, le=65536)
+    max_active_requests: int = Field(ge=8, le=65536)
     """The most requests the front door works on at once once their headers are in (receiving a body, waiting for a
     worker or in one); beyond it, 503 with ``Retry-After``. With ``max_body_bytes`` it bounds the disk the body
     buffers take."""
-    max_inflight_body_bytes: int = Field(default=24_000_000, ge=1_000_000)
+    max_inflight_body_bytes: int = Field(ge=1_000_000)
     """Per worker process: the sum of the bodies of the requests it works on at once. A request whose body does not
     fit beside the others gets 503 with ``Retry-After`` (a body up to ``max_body_bytes`` always fits alone)."""
-    retry_after_seconds: int = Field(default=2, ge=1, le=3600)
+    retry_after_seconds: int = Field(ge=1, le=3600)
     """``Retry-After`` of the 503 answered when the memory budget is full or a worker is restarting."""
-    shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)
+    shutdown_delay_seconds: float = Field(ge=0, le=300)
     """On SIGTERM, ``/readyz`` answers 503 at once and the listener stays open this long before it closes (for load
     balancers that watch readiness; Kubernetes' preStop does this job in deploy/kubernetes)."""
     front_door_secret: SecretStr | None = None
@@ -172,47 +223,62 @@ class DatabaseSettings(_Section):
     """Time bounds on the database, and what the service does while it is unavailable (docs/deployment.md,
     "Database faults")."""
 
-    connect_timeout_seconds: int = Field(default=2, ge=2, le=60)
+    TABLE = "database"
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Any) -> None: ...  # no key is required (see _Section)
+
+    connect_timeout_seconds: int = Field(ge=2, le=60)
     """PostgreSQL: the longest wait for a new connection (libpq's minimum is 2). A ``connect_timeout`` in
     ``database_url`` wins."""
-    statement_timeout_seconds: float = Field(default=3.0, gt=0, le=300)
+    statement_timeout_seconds: float = Field(gt=0, le=300)
     """PostgreSQL: the server's ``statement_timeout`` (an ``options`` parameter in ``database_url`` wins); SQLite: the
     busy timeout (how long a write waits for another writer's lock). No request waits on the database longer than
     this plus half a second, even when the database hangs without answering."""
-    pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    pool_timeout_seconds: float = Field(gt=0, le=60)
     """The longest wait for a free connection in this process's pool."""
-    retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    retry_after_seconds: int = Field(ge=1, le=3600)
     """``Retry-After`` of the 503 answered (to feedback) while the database is unavailable."""
-    readiness_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
+    readiness_timeout_seconds: float = Field(gt=0, le=10)
     """``/readyz`` gives up on the database after this long (and answers at once while an earlier check still
     waits)."""
-    readiness_requires_database: bool = False
+    readiness_requires_database: bool
     """False (the default): ``/readyz`` reports an unavailable database but stays ready, so every replica stays in
     the Service and hook calls go on answering through an outage (a reachable database with a schema that is not
     current is still not ready). True: ``/readyz`` answers 503 while the database is unavailable. With
     ``replay_fallback = "refuse"`` and authentication on, an unavailable database always makes a replica not ready
     (it could answer no hook call)."""
-    replay_fallback: Literal["memory", "refuse"] = "memory"
+    replay_fallback: Literal["memory", "refuse"]
     """While the database is unavailable, JWT replay checks use this process's memory (``memory``: each worker
     refuses the ``jti`` values it has seen) or every authenticated call is refused with 503 (``refuse``)."""
-    replay_memory_max_jtis: int = Field(default=50_000, ge=100, le=10_000_000)
+    replay_memory_max_jtis: int = Field(ge=100, le=10_000_000)
     """The most JWT ids each worker keeps in memory (about 200 bytes each); the oldest go first."""
     spool_dir: Path | None = None
     """Where each worker spools the records of the cards it issues before they reach the database (default: the
     folder ``nxp2-cds-spool`` beside the SQLite file, or in the working folder). It must be on a local, persistent
     disk: records waiting there survive a database outage and the death of the process that wrote them."""
-    spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=100_000)
+    spool_max_bytes: int = Field(ge=100_000)
     """The most each worker process keeps waiting in the spool (about 400 bytes a card); records beyond it are
     dropped, counted (``nxp2_cds_spool_records_total{event="dropped_full"}``) and logged."""
 
 
 class MappingSettings(_Section):
-    local_codes: dict[str, list[str]] = Field(default_factory=dict)
+    TABLE = "mappings"
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Any) -> None: ...  # no key is required (see _Section)
+
+    local_codes: dict[str, list[str]]
     """Predictor id (its first value set) or value set id → ``["system|code", …]``."""
 
 
 class CardSettings(_Section):
-    language: str = "en"
+    TABLE = "cards"
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Any) -> None: ...  # no key is required (see _Section)
+
+    language: str
     """The site's language for cards, discovery and the evidence page (``en`` or ``zh-CN``); a request's
     ``Accept-Language`` may choose another supported one."""
 
@@ -227,19 +293,19 @@ class Settings(BaseSettings):
 
     public_base_url: str | None = None
     """The service's external URL (behind a proxy): JWT ``aud`` checks and evidence links use it."""
-    database_url: str = "sqlite:///nxp2-cds.sqlite3"
-    database: DatabaseSettings = DatabaseSettings()
+    database_url: str
+    database: DatabaseSettings
     knowledge_file: Path | None = None
-    max_body_bytes: int = Field(default=10_000_000, gt=0)
-    max_prefetch_resources: int = Field(default=50_000, gt=0)
+    max_body_bytes: int = Field(gt=0)
+    max_prefetch_resources: int = Field(gt=0)
     """The most resources a request's prefetch may carry (413 beyond)."""
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    auth: AuthSettings = AuthSettings()
-    fhir: FhirSettings = FhirSettings()
-    cors: CorsSettings = CorsSettings()
-    mappings: MappingSettings = MappingSettings()
-    server: ServerSettings = ServerSettings()
-    cards: CardSettings = CardSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    auth: AuthSettings
+    fhir: FhirSettings
+    cors: CorsSettings
+    mappings: MappingSettings
+    server: ServerSettings
+    cards: CardSettings
 
     @field_validator("public_base_url")
     @classmethod
