@@ -1,4 +1,13 @@
-"""Shared fixtures: the engine built from the shipped knowledge base and value sets."""
+"""The suite's fixtures, all in this one conftest and its two plugins.
+
+- here: the engine (tests/engines.py, the one engine cache), its knowledge base and terminology, and ``cli``,
+  the ``nxp2-cds`` command run in-process (tests/cli_runner.py);
+- tests/http_support.py: applications built by the factory (``make_app``, ``app``, ``client``) and the actions
+  on them (``hook``, ``feedback``);
+- tests/db_fixtures.py: databases (``sqlite_url``, ``postgres_url``, ``database_url``, ``store``).
+
+No module of the suite builds an application or loads an engine at import time.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,8 @@ import pytest
 from cds_service.core.engine import Engine
 from cds_service.core.knowledge import KnowledgeBase, load_knowledge
 from fhir_mappings import Terminology
+from tests.cli_runner import Cli
+from tests.engines import shared_engine
 
 pytest_plugins = ["tests.http_support", "tests.db_fixtures"]
 _SERVICE_ENVIRONMENT = ("NXP2_CDS_", "PROMETHEUS_MULTIPROC_DIR")
@@ -31,7 +42,7 @@ def _service_environment_restored() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def engine() -> Engine:
     """The engine exactly as the service loads it with the default configuration."""
-    return Engine.load()
+    return shared_engine()
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +59,9 @@ def terminology(engine: Engine) -> Terminology:
 def fresh_knowledge() -> KnowledgeBase:
     """A knowledge base loaded anew (for tests that build variants of it)."""
     return load_knowledge()
+
+
+@pytest.fixture
+def cli() -> Cli:
+    """``nxp2-cds`` run in-process: ``cli("migrate")`` returns click's Result."""
+    return Cli()

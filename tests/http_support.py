@@ -1,8 +1,15 @@
-"""Building the application for HTTP tests, and small request helpers."""
+"""Building the application for HTTP tests from the factory, and the actions a test takes on it.
+
+The actions are the steps every HTTP test repeats, written once (as the ``AuthActions`` of Flask's tutorial):
+``hook.call(patient(), ...)`` posts a patient-view request, ``feedback.post(card)`` posts feedback on a card. The
+``hook`` and ``feedback`` fixtures act on ``client`` (the default app); ``Hook(app)`` and ``Feedback(app)`` act on
+an app a test built with ``make_app``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +24,7 @@ from cds_service.settings import load_settings
 from cds_service.store.recorder import CardRecorder
 from cds_service.store.store import Store
 from cds_service.web.app import configure_process, create_app
-from tests.builders import AT
+from tests.builders import AT, Json, hook_request
 
 SERVICE_URL = "/cds-services/nxp2-jdm-risk"
 FEEDBACK_URL = SERVICE_URL + "/feedback"
@@ -62,8 +69,82 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def post_json(client: FlaskClient, url: str, document: Any, **kwargs: Any) -> TestResponse:
-    return client.post(url, json=document, **kwargs)
+def _client(target: Flask | FlaskClient) -> FlaskClient:
+    return target.test_client() if isinstance(target, Flask) else target
+
+
+class Hook:
+    """Calling the service's hook as an EHR does."""
+
+    def __init__(self, target: Flask | FlaskClient) -> None:
+        self.client = _client(target)
+
+    def call(self, *resources: Json, headers: Mapping[str, str] | None = None, **request: Any) -> TestResponse:
+        """POST a patient-view request whose prefetch holds ``resources`` (``request``: the keywords of
+        :func:`tests.builders.hook_request`, ``pid`` and ``hook_instance``)."""
+        return self.send(hook_request(list(resources), **request), headers=headers)
+
+    def send(self, document: Any, *, headers: Mapping[str, str] | None = None, url: str = SERVICE_URL) -> TestResponse:
+        """POST ``document`` (any JSON) to the service as it is."""
+        return self.client.post(url, json=document, headers=dict(headers or {}))
+
+    def cards(self, *resources: Json, headers: Mapping[str, str] | None = None, **request: Any) -> list[Json]:
+        """The cards the service answers for this chart (the call must answer 200)."""
+        response = self.call(*resources, headers=headers, **request)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        cards: list[Json] = response.get_json()["cards"]
+        return cards
+
+
+def feedback_item(card: object = None, outcome: object = "overridden", **fields: Any) -> Json:
+    """One feedback entry on ``card`` (a new uuid unless given), at 12:05 on the evaluation day; ``fields`` are added
+    as is (``overrideReason=...``, ``acceptedSuggestions=...``, ``outcomeTimestamp=...``). Any value may be given,
+    a wrong one included."""
+    item: Json = {
+        "card": str(uuid.uuid4()) if card is None else card,
+        "outcome": outcome,
+        "outcomeTimestamp": "2026-11-24T12:05:00Z",
+    }
+    return item | fields
+
+
+def feedback_document(card: object = None, outcome: object = "overridden", **fields: Any) -> Json:
+    """A feedback request holding the one entry :func:`feedback_item` makes of these arguments."""
+    return {"feedback": [feedback_item(card, outcome, **fields)]}
+
+
+class Feedback:
+    """Posting feedback on cards as an EHR does."""
+
+    def __init__(self, target: Flask | FlaskClient) -> None:
+        self.client = _client(target)
+
+    def post(
+        self,
+        card: str | None = None,
+        outcome: str = "overridden",
+        *,
+        headers: Mapping[str, str] | None = None,
+        **fields: Any,
+    ) -> TestResponse:
+        """POST one feedback entry (see :func:`feedback_item`) and return the answer."""
+        return self.send(feedback_document(card, outcome, **fields), headers=headers)
+
+    def send(self, document: Any, *, headers: Mapping[str, str] | None = None, url: str = FEEDBACK_URL) -> TestResponse:
+        """POST ``document`` (any JSON) to the feedback endpoint as it is."""
+        return self.client.post(url, json=document, headers=dict(headers or {}))
+
+
+@pytest.fixture
+def hook(client: FlaskClient) -> Hook:
+    """Calls of the default app's hook."""
+    return Hook(client)
+
+
+@pytest.fixture
+def feedback(client: FlaskClient) -> Feedback:
+    """Feedback to the default app (the same one ``hook`` calls)."""
+    return Feedback(client)
 
 
 def runtime_of(app: Flask) -> Any:

@@ -20,7 +20,7 @@ from tests.builders import (
     patient,
     qty,
 )
-from tests.http_support import FEEDBACK_URL, SERVICE_URL, AppFactory, post_json
+from tests.http_support import FEEDBACK_URL, SERVICE_URL, AppFactory, Hook
 from tests.synthetic_patients import nxp2_positive
 
 FATAL = [
@@ -89,25 +89,25 @@ def test_local_codes_reach_the_prefetch_template(make_app: AppFactory) -> None:
 # -- the service call ----------------------------------------------------------------------------------
 
 
-def test_service_call_answers_cards(client: FlaskClient) -> None:
+def test_service_call_answers_cards(hook: Hook) -> None:
     """A complete prefetch gives a schema-valid response with the expected cards."""
-    response = post_json(client, SERVICE_URL, hook_request(FATAL))
+    response = hook.call(*FATAL)
     assert response.status_code == 200
     body = response.get_json()
     assert_valid_cds("serviceResponse", body)
     assert [c["indicator"] for c in body["cards"]] == ["warning", "critical"]
 
 
-def test_no_cards_is_an_empty_list(client: FlaskClient) -> None:
+def test_no_cards_is_an_empty_list(hook: Hook) -> None:
     """A patient the model does not apply to gets 200 with an empty cards array."""
-    body = post_json(client, SERVICE_URL, hook_request([patient()])).get_json()
+    body = hook.call(patient()).get_json()
     assert body == {"cards": []}
 
 
-def test_cds_hooks_1_0_request_is_accepted(client: FlaskClient) -> None:
+def test_cds_hooks_1_0_request_is_accepted(hook: Hook) -> None:
     """A 1.0-style request (no fhirAuthorization.patient, extra unknown fields) is answered like a 2.0 one."""
     request = hook_request(FATAL) | {"user": "Practitioner/legacy", "fhirServer": "https://not-used.example.org"}
-    assert post_json(client, SERVICE_URL, request).status_code == 200
+    assert hook.send(request).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -163,16 +163,16 @@ def test_cds_hooks_1_0_request_is_accepted(client: FlaskClient) -> None:
         "prefetch-not-resource",
     ],
 )
-def test_invalid_request_is_400(client: FlaskClient, document: dict[str, Any], where: str) -> None:
+def test_invalid_request_is_400(hook: Hook, document: dict[str, Any], where: str) -> None:
     """An invalid request gets 400 with an OperationOutcome naming the field."""
-    body = assert_outcome(post_json(client, SERVICE_URL, document), 400)
+    body = assert_outcome(hook.send(document), 400)
     assert re.search(re.escape(where), str(body["issue"]))
 
 
-def test_other_hook_is_400(client: FlaskClient) -> None:
+def test_other_hook_is_400(hook: Hook) -> None:
     """A hook other than patient-view is refused with 400."""
     document = hook_request(FATAL) | {"hook": "order-sign"}
-    body = assert_outcome(post_json(client, SERVICE_URL, document), 400)
+    body = assert_outcome(hook.send(document), 400)
     assert body["issue"][0]["expression"] == ["hook"]
 
 
@@ -182,9 +182,9 @@ def test_malformed_body_is_400(client: FlaskClient, raw: bytes) -> None:
     assert_outcome(client.post(SERVICE_URL, data=raw, content_type="application/json"), 400)
 
 
-def test_unknown_service_is_404(client: FlaskClient) -> None:
+def test_unknown_service_is_404(hook: Hook) -> None:
     """POST to an unknown service id gets 404."""
-    assert_outcome(post_json(client, "/cds-services/something-else", hook_request(FATAL)), 404)
+    assert_outcome(hook.send(hook_request(FATAL), url="/cds-services/something-else"), 404)
 
 
 def test_unknown_path_is_404(client: FlaskClient) -> None:
@@ -211,8 +211,7 @@ def test_not_json_is_415(client: FlaskClient, content_type: str) -> None:
 
 def test_body_over_the_limit_is_413(make_app: AppFactory) -> None:
     """A body larger than max_body_bytes gets 413."""
-    client = make_app(max_body_bytes=2_000).test_client()
-    assert_outcome(post_json(client, SERVICE_URL, hook_request(FATAL)), 413)
+    assert_outcome(Hook(make_app(max_body_bytes=2_000)).call(*FATAL), 413)
 
 
 def test_fhir_json_content_type_is_accepted(client: FlaskClient) -> None:

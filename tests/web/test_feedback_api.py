@@ -8,32 +8,26 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from tests.builders import assert_valid_cds, condition, hook_request, patient
-from tests.http_support import FEEDBACK_URL, SERVICE_URL, AppFactory, runtime_of
+from tests.builders import assert_valid_cds, condition, patient
+from tests.http_support import AppFactory, Feedback, Hook, feedback_document, runtime_of
 from tests.synthetic_patients import nxp2_positive
 
-
-def feedback_document(card: str, outcome: str = "overridden", **extra: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {"card": card, "outcome": outcome, "outcomeTimestamp": "2026-11-24T12:05:00Z"}
-    if outcome == "overridden":
-        item["overrideReason"] = {
-            "reason": {
-                "system": "urn:nxp2-cds:CodeSystem:override-reason",
-                "code": "already-managed",
-                "display": "Already aware; risk is being managed",
-            },
-            "userComment": "discussed at MDT",
-        }
-    item.update(extra)
-    return {"feedback": [item]}
+OVERRIDE_REASON = {
+    "reason": {
+        "system": "urn:nxp2-cds:CodeSystem:override-reason",
+        "code": "already-managed",
+        "display": "Already aware; risk is being managed",
+    },
+    "userComment": "discussed at MDT",
+}
 
 
-def stored_rows(database_url: str) -> list[dict[str, Any]]:
-    """Feedback rows read through a new connection (not the service's)."""
+def stored_rows(database_url: str, table: str = "feedback") -> list[dict[str, Any]]:
+    """The rows of ``table`` read through a new connection (not the service's)."""
     engine = sa.create_engine(database_url)
     try:
         with engine.connect() as connection:
-            return [dict(r._mapping) for r in connection.execute(sa.text("SELECT * FROM feedback"))]
+            return [dict(r._mapping) for r in connection.execute(sa.text(f"SELECT * FROM {table}"))]
     finally:
         engine.dispose()
 
@@ -44,19 +38,16 @@ def db_app(make_app: AppFactory, database_url: str) -> Flask:
 
 
 def issue_card(app: Flask) -> dict[str, Any]:
-    response = app.test_client().post(
-        SERVICE_URL, json=hook_request([patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")])
-    )
-    card: dict[str, Any] = response.get_json()["cards"][0]
+    card: dict[str, Any] = Hook(app).cards(patient(), nxp2_positive(), condition("M33.00"), condition("R60.0"))[0]
     return card
 
 
 def test_acknowledged_feedback_is_in_the_database(db_app: Flask, database_url: str) -> None:
     """Feedback answered with 200 is already in the database."""
     card = issue_card(db_app)
-    document = feedback_document(card["uuid"])
+    document = feedback_document(card["uuid"], overrideReason=OVERRIDE_REASON)
     assert_valid_cds("feedbackRequest", document)
-    response = db_app.test_client().post(FEEDBACK_URL, json=document)
+    response = Feedback(db_app).send(document)
     assert response.status_code == 200
     rows = stored_rows(database_url)
     assert [(r["card_uuid"], r["outcome"]) for r in rows] == [(card["uuid"], "overridden")]
@@ -65,9 +56,9 @@ def test_acknowledged_feedback_is_in_the_database(db_app: Flask, database_url: s
 def test_repeated_feedback_is_stored_once(db_app: Flask, database_url: str) -> None:
     """The same feedback sent twice is stored once, and the second answer says it was a duplicate."""
     card = issue_card(db_app)
-    client = db_app.test_client()
-    first = client.post(FEEDBACK_URL, json=feedback_document(card["uuid"])).get_json()
-    second = client.post(FEEDBACK_URL, json=feedback_document(card["uuid"])).get_json()
+    feedback = Feedback(db_app)
+    first = feedback.post(card["uuid"], overrideReason=OVERRIDE_REASON).get_json()
+    second = feedback.post(card["uuid"], overrideReason=OVERRIDE_REASON).get_json()
     assert (first, second) == (
         {"received": 1, "stored": 1, "duplicates": 0},
         {"received": 1, "stored": 0, "duplicates": 1},
@@ -79,8 +70,8 @@ def test_accepted_feedback_names_its_suggestions(db_app: Flask, database_url: st
     """Accepted feedback with the accepted suggestion ids is stored."""
     card = issue_card(db_app)
     suggestion = card["suggestions"][0]["uuid"]
-    document = feedback_document(card["uuid"], "accepted", acceptedSuggestions=[{"id": suggestion}])
-    assert db_app.test_client().post(FEEDBACK_URL, json=document).status_code == 200
+    response = Feedback(db_app).post(card["uuid"], "accepted", acceptedSuggestions=[{"id": suggestion}])
+    assert response.status_code == 200
     assert [r["outcome"] for r in stored_rows(database_url)] == ["accepted"]
 
 
@@ -88,12 +79,7 @@ def test_issued_cards_are_recorded_without_patient_data(db_app: Flask, database_
     """Each issued card is recorded (uuid, outcome, tier, present predictors) with no patient identifier."""
     card = issue_card(db_app)
     runtime_of(db_app).recorder.flush(10)
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            rows = [dict(r._mapping) for r in connection.execute(sa.text("SELECT * FROM issued_cards"))]
-    finally:
-        engine.dispose()
+    rows = stored_rows(database_url, "issued_cards")
     assert card["uuid"] in [r["uuid"] for r in rows]
     assert "pat-1" not in repr(rows)
 
@@ -124,20 +110,20 @@ def test_issued_cards_are_recorded_without_patient_data(db_app: Flask, database_
         "reason-without-system",
     ],
 )
-def test_invalid_feedback_is_400(make_app: AppFactory, item: dict[str, Any]) -> None:
+def test_invalid_feedback_is_400(feedback: Feedback, item: dict[str, Any]) -> None:
     """Feedback that does not follow the spec gets 400 with an OperationOutcome, and nothing is stored."""
-    app = make_app()
-    response = app.test_client().post(FEEDBACK_URL, json={"feedback": [item]})
+    response = feedback.send({"feedback": [item]})
     assert response.status_code == 400
     assert response.get_json(force=True)["resourceType"] == "OperationOutcome"
 
 
-def test_empty_feedback_list_is_400(make_app: AppFactory) -> None:
+def test_empty_feedback_list_is_400(feedback: Feedback) -> None:
     """A feedback request with no items gets 400."""
-    assert make_app().test_client().post(FEEDBACK_URL, json={"feedback": []}).status_code == 400
+    assert feedback.send({"feedback": []}).status_code == 400
 
 
-def test_feedback_for_unknown_service_is_404(make_app: AppFactory) -> None:
+def test_feedback_for_unknown_service_is_404(feedback: Feedback) -> None:
     """Feedback to a service id that does not exist gets 404."""
-    response = make_app().test_client().post("/cds-services/other/feedback", json=feedback_document("x"))
+    document = feedback_document("x", overrideReason=OVERRIDE_REASON)
+    response = feedback.send(document, url="/cds-services/other/feedback")
     assert response.status_code == 404
