@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import grp
 import io
 import os
@@ -632,8 +633,8 @@ class Supervisor:
         return 1 if failed else 0
 
 
-def serve_behind_nginx(
-    nginx: str,
+def serve(
+    nginx: str | None,
     host: str,
     port: int,
     workers: int | None,
@@ -643,15 +644,19 @@ def serve_behind_nginx(
     max_body_bytes: int,
     log_level: str,
 ) -> int:
-    """nginx on ``host``:``port`` in front of gunicorn; returns the exit code once both have stopped."""
+    """Serve on ``host``:``port`` until stopped; the exit code. With ``nginx`` (its executable): nginx in front of
+    gunicorn, both supervised; without: gunicorn alone (development only)."""
     limit_malloc_arenas()
+    limits = Limits(max_body_bytes, server.max_inflight_body_bytes, server.retry_after_seconds)
+    if nginx is None:
+        run(gunicorn_options(host, port, workers, threads, server, log_level), limits)
+        return 0
     parent = str(server.runtime_dir) if server.runtime_dir else None
     if server.runtime_dir:
         server.runtime_dir.mkdir(parents=True, exist_ok=True)
     runtime = Path(tempfile.mkdtemp(prefix="nxp2-cds-serve-", dir=parent))
     unix_socket = runtime / "workers.sock"
     options = gunicorn_options(host, port, workers, threads, server, log_level, unix_socket=unix_socket)
-    limits = Limits(max_body_bytes, server.max_inflight_body_bytes, server.retry_after_seconds)
     secret = secrets.token_hex(16)
     config = nginx_config(
         host, port, runtime, server, max_body_bytes=max_body_bytes, unix_socket=unix_socket, secret=secret
@@ -659,21 +664,10 @@ def serve_behind_nginx(
     return Supervisor(nginx, runtime, options, limits, server, config, secret).run()
 
 
-def serve_gunicorn_alone(
-    host: str,
-    port: int,
-    workers: int | None,
-    threads: int | None,
-    server: ServerSettings,
-    *,
-    max_body_bytes: int,
-    log_level: str,
-) -> int:
-    """gunicorn alone on ``host``:``port`` (development only)."""
-    limit_malloc_arenas()
-    limits = Limits(max_body_bytes, server.max_inflight_body_bytes, server.retry_after_seconds)
-    run(gunicorn_options(host, port, workers, threads, server, log_level), limits)
-    return 0
+serve_behind_nginx = serve
+"""nginx on ``host``:``port`` in front of gunicorn: :func:`serve` given nginx's executable."""
+serve_gunicorn_alone = functools.partial(serve, None)
+"""gunicorn alone on ``host``:``port`` (development only): :func:`serve` without nginx."""
 
 
 def free_port(host: str) -> int:
