@@ -115,6 +115,12 @@ def muscle(value: Json, **kw: Any) -> Json:
     return obs(MUSCLE_CODE, system=LOCAL, text="Hip flexor strength (MRC)", **value, **kw)
 
 
+def edema_chart() -> list[Json]:
+    """The chart the HTTP tests call the hook with: an anti-NXP2 positive child with JDM and oedema (R60.0), which
+    gives two warning cards (refractory and GI perforation/death), each with its suggestions."""
+    return [patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")]
+
+
 CASES: list[Case] = [
     Case(
         "typical_fatal_course",

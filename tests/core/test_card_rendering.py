@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
 import pytest
@@ -15,14 +14,14 @@ from babel.messages.pofile import read_po
 from markdown_it import MarkdownIt
 
 from cds_service.core.cards import SUMMARY_MAX, CardContext
-from cds_service.core.engine import Engine
 from cds_service.core.i18n import available_languages, locale_dir, missing_placeholders, translate_knowledge
 from cds_service.core.knowledge import KnowledgeBase
 from cds_service.core.risk import Assessment
 from cds_service.kit.examples import as_of_now, example_bundle, example_index, resolve_references
-from tests.builders import AT, PID, condition, hook_request, obs, patient, qty
-from tests.http_support import SERVICE_URL, AppFactory
-from tests.synthetic_patients import nxp2_positive
+from tests.builders import AT, PID, condition, obs, patient, qty
+from tests.engines import shared_engine
+from tests.http_support import AppFactory, Hook
+from tests.synthetic_patients import edema_chart, nxp2_positive
 
 DETAIL_BUDGET = 1_300
 """The issue asks for "about 1,200 characters" of markdown; no example may exceed 1,300."""
@@ -42,16 +41,11 @@ _ALLOWED_LATIN = frozenset(
 )  # fmt: skip
 
 
-@cache
-def _engine() -> Engine:
-    return Engine.load()
-
-
 def _example(example: dict[str, Any]) -> tuple[Assessment, str]:
     bundle = as_of_now(example_bundle(str(example["file"])), datetime.now(UTC).date())
     resources = [e["resource"] for e in resolve_references(bundle)["entry"]]
     patient_id = str(example["patient"])
-    return _engine().assess(resources, patient_id=patient_id, at=datetime.now(UTC)), patient_id
+    return shared_engine().assess(resources, patient_id=patient_id, at=datetime.now(UTC)), patient_id
 
 
 def _cards(example: dict[str, Any], language: str) -> list[dict[str, Any]]:
@@ -62,7 +56,7 @@ def _cards(example: dict[str, Any], language: str) -> list[dict[str, Any]]:
         evidence_url="https://cds.example.org/evidence",
         language=language,
     )
-    return _engine().cards(assessment, context)
+    return shared_engine().cards(assessment, context)
 
 
 CASES = [(e, lang) for e in EXAMPLES for lang in LANGUAGES]
@@ -107,7 +101,7 @@ def test_risk_tables_render_as_html_tables(example: dict[str, Any], language: st
 @pytest.mark.parametrize(("example", "language"), CASES, ids=IDS)
 def test_risk_cards_state_their_eligibility_basis(example: dict[str, Any], language: str) -> None:
     """A risk card says why it applies: the anti-NXP2 result with its date and source, and the age."""
-    heading = _engine().knowledge_for(language).wording.basis_heading
+    heading = shared_engine().knowledge_for(language).wording.basis_heading
     for card in _cards(example, language):
         if card["extension"]["nxp2-cds.assessment"]["cardType"] == "risk":
             basis = next(p for p in card["detail"].split("\n\n") if heading in p)
@@ -134,8 +128,8 @@ def test_zh_cn_cards_have_no_english_words(example: dict[str, Any]) -> None:
 
 def test_evidence_numbers_are_identical_in_every_language() -> None:
     """The 2x2 counts and every published estimate are the same in the Chinese knowledge base as in English."""
-    english = _engine().knowledge_for("en")
-    chinese = _engine().knowledge_for("zh-CN")
+    english = shared_engine().knowledge_for("en")
+    chinese = shared_engine().knowledge_for("zh-CN")
     for outcome_id, outcome in english.outcomes.items():
         for row, translated in zip(outcome.rows, chinese.outcomes[outcome_id].rows, strict=True):
             assert (row.reference.events, row.reference.n, row.exposed.events, row.exposed.n) == (
@@ -169,7 +163,7 @@ def test_the_chinese_catalog_is_complete() -> None:
 
 def test_the_catalog_covers_the_knowledge_base() -> None:
     """Every translatable string of the shipped knowledge base has a zh-CN translation (the catalog is current)."""
-    english = _engine().knowledge_for("en")
+    english = shared_engine().knowledge_for("en")
     chinese = translate_knowledge(english, "zh-CN")
     assert chinese.wording.service.title != english.wording.service.title
     with (locale_dir() / "zh_CN" / "LC_MESSAGES" / "nxp2cds.po").open("rb") as handle:
@@ -182,7 +176,7 @@ def test_the_catalog_covers_the_knowledge_base() -> None:
 
 def test_translations_keep_every_placeholder() -> None:
     """No zh-CN translation drops or adds a {placeholder} of its English message."""
-    assert missing_placeholders(_engine().knowledge_for("en"), "zh-CN") == []
+    assert missing_placeholders(shared_engine().knowledge_for("en"), "zh-CN") == []
 
 
 def test_english_and_simplified_chinese_are_available() -> None:
@@ -193,7 +187,7 @@ def test_english_and_simplified_chinese_are_available() -> None:
 def test_cards_say_which_knowledge_base_and_language_produced_them() -> None:
     """The extension names the knowledge base and the language; the detail ends with them in words."""
     card = _cards(EXAMPLES[0], "zh-CN")[0]
-    knowledge: KnowledgeBase = _engine().knowledge_for("zh-CN")
+    knowledge: KnowledgeBase = shared_engine().knowledge_for("zh-CN")
     assert card["extension"]["nxp2-cds.assessment"]["knowledgeBase"]["language"] == "zh-CN"
     assert card["detail"].rstrip().endswith(f"{knowledge.wording.language_name}_")
 
@@ -224,7 +218,7 @@ def _bmi_chart(**patient_fields: Any) -> list[dict[str, Any]]:
 
 
 def _gi_detail(resources: list[dict[str, Any]], language: str = "en") -> str:
-    engine = _engine()
+    engine = shared_engine()
     cards = engine.cards(engine.assess(resources, patient_id=PID, at=AT), CardContext("h", PID, language=language))
     card = next(c for c in cards if c["extension"]["nxp2-cds.assessment"]["outcome"] == "gi_perforation_death")
     return str(card["detail"])
@@ -244,10 +238,9 @@ def test_bmi_for_age_is_left_out_without_sex_and_says_so() -> None:
 def test_request_language_comes_from_accept_language(make_app: AppFactory) -> None:
     """A request whose Accept-Language asks for zh-CN gets Chinese cards; one that asks for French gets the site's
     default (English)."""
-    client = make_app().test_client()
-    document = hook_request([patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")])
-    chinese = client.post(SERVICE_URL, json=document, headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"})
-    french = client.post(SERVICE_URL, json=document, headers={"Accept-Language": "fr-FR"})
+    hook = Hook(make_app())
+    chinese = hook.call(*edema_chart(), headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"})
+    french = hook.call(*edema_chart(), headers={"Accept-Language": "fr-FR"})
     languages = [
         {c["extension"]["nxp2-cds.assessment"]["knowledgeBase"]["language"] for c in r.get_json()["cards"]}
         for r in (chinese, french)
@@ -258,10 +251,9 @@ def test_request_language_comes_from_accept_language(make_app: AppFactory) -> No
 def test_site_default_language_is_configurable(make_app: AppFactory) -> None:
     """With [cards] language = "zh-CN" a request without Accept-Language gets Chinese cards and discovery."""
     client = make_app(cards={"language": "zh-CN"}).test_client()
-    document = hook_request([patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")])
-    cards = client.post(SERVICE_URL, json=document).get_json()["cards"]
+    cards = Hook(client).cards(*edema_chart())
     title = client.get("/cds-services").get_json()["services"][0]["title"]
-    chinese = _engine().knowledge_for("zh-CN").wording.service.title
+    chinese = shared_engine().knowledge_for("zh-CN").wording.service.title
     assert ({c["extension"]["nxp2-cds.assessment"]["knowledgeBase"]["language"] for c in cards}, title) == (
         {"zh-CN"},
         chinese,
@@ -272,7 +264,7 @@ def test_discovery_speaks_the_requested_language(make_app: AppFactory) -> None:
     """Discovery's title and description follow Accept-Language."""
     client = make_app().test_client()
     body = client.get("/cds-services", headers={"Accept-Language": "zh"}).get_json()
-    assert body["services"][0]["title"] == _engine().knowledge_for("zh-CN").wording.service.title
+    assert body["services"][0]["title"] == shared_engine().knowledge_for("zh-CN").wording.service.title
 
 
 def test_evidence_page_in_chinese(make_app: AppFactory) -> None:
@@ -280,7 +272,7 @@ def test_evidence_page_in_chinese(make_app: AppFactory) -> None:
     client = make_app().test_client()
     chinese = client.get("/evidence?lang=zh-CN").get_data(as_text=True)
     english = client.get("/evidence").get_data(as_text=True)
-    heading = _engine().knowledge_for("zh-CN").wording.evidence_page.heading
+    heading = shared_engine().knowledge_for("zh-CN").wording.evidence_page.heading
     assert ('<html lang="zh-CN">' in chinese, heading in chinese, "115/115" in chinese, "115/115" in english) == (
         True,
         True,
@@ -298,7 +290,7 @@ def test_cards_from_the_compiled_templates_are_the_cards_made_on_the_spot(langua
 
     rendered = 0
     for case in CASES:
-        engine = Engine.load(local_codes=case.local_codes)
+        engine = shared_engine(case.local_codes)
         assessment = engine.assess(case.chart, patient_id=case.patient_id, at=case.at)
         context = CardContext(
             hook_instance="h", patient_id=case.patient_id, evidence_url="http://127.0.0.1:8080/evidence",
