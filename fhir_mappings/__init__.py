@@ -11,7 +11,7 @@ The codes are in ``valuesets/*.json`` (FHIR R4 ValueSet resources); the threshol
 """
 
 from .extract import Chart, Reader, extract_findings
-from .model import PatientFindings, PredictorFinding, Source, State
+from .model import Basis, PatientFindings, PredictorFinding, SkipReason, Source, State
 from .rules import (
     AntibodyRule,
     BmiRule,
@@ -30,6 +30,7 @@ from .values import AnswerSets
 __all__ = [
     "AnswerSets",
     "AntibodyRule",
+    "Basis",
     "BmiRule",
     "Chart",
     "Concept",
@@ -43,6 +44,7 @@ __all__ = [
     "QuantityRule",
     "RatioRule",
     "Reader",
+    "SkipReason",
     "Source",
     "State",
     "Terminology",

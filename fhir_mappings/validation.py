@@ -18,6 +18,8 @@ from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
+from .model import SkipReason
+
 MODELS: Mapping[str, Any] = {"Observation": Observation, "Condition": Condition, "Patient": Patient}
 MAX_RESOURCE_DEPTH = 48
 """A resource nested deeper than this (extensions of extensions …) is refused before validation: no FHIR R4
@@ -28,19 +30,19 @@ DEFAULT_MEMORY = 50_000
 class ResourceValidator:
     def __init__(self, memory: int = DEFAULT_MEMORY) -> None:
         self._memory = memory
-        self._known: dict[bytes, str | None] = {}
+        self._known: dict[bytes, SkipReason | None] = {}
         self._lock = threading.Lock()
 
-    def problem(self, resource: dict[str, Any]) -> str | None:
-        """``None`` when ``resource`` is valid FHIR R4; else the reason it is skipped (``too-deep``,
-        ``invalid-r4-observation``, …)."""
+    def problem(self, resource: dict[str, Any]) -> SkipReason | None:
+        """``None`` when ``resource`` (an Observation, Condition or Patient) is valid FHIR R4; else the reason it is
+        skipped (``too-deep``, ``invalid-r4-observation``, …)."""
         try:
             key = hashlib.blake2b(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
         except (TypeError, orjson.JSONEncodeError):  # nested beyond orjson's limit, or not JSON at all
-            return "too-deep" if deeper_than(resource, MAX_RESOURCE_DEPTH) else self._validate(resource)
+            return SkipReason.TOO_DEEP if deeper_than(resource, MAX_RESOURCE_DEPTH) else self._validate(resource)
         if key in self._known:
             return self._known[key]
-        found = "too-deep" if deeper_than(resource, MAX_RESOURCE_DEPTH) else self._validate(resource)
+        found = SkipReason.TOO_DEEP if deeper_than(resource, MAX_RESOURCE_DEPTH) else self._validate(resource)
         with self._lock:
             if len(self._known) >= self._memory:
                 self._known.clear()
@@ -48,12 +50,12 @@ class ResourceValidator:
         return found
 
     @staticmethod
-    def _validate(resource: dict[str, Any]) -> str | None:
+    def _validate(resource: dict[str, Any]) -> SkipReason | None:
         rtype = resource["resourceType"]
         try:
             MODELS[rtype].model_validate(resource)
         except (ValueError, TypeError, KeyError, AttributeError, LookupError, RecursionError):
-            return "invalid-r4-" + str(rtype).lower()
+            return SkipReason.invalid(str(rtype))
         return None
 
 

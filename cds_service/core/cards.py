@@ -20,12 +20,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cds_service.contracts import EXTENSION_KEY, EXTENSION_VERSION
+from cds_service.contracts import (
+    EXTENSION_KEY,
+    EXTENSION_VERSION,
+    PREDICTOR_IDS,
+    AssessmentExtension,
+    CardType,
+    PredictorJson,
+    Tier,
+)
 from cds_service.core.growth import bmi_for_age
 from cds_service.core.i18n import SOURCE_LANGUAGE, Formatter
-from cds_service.core.knowledge import PREDICTOR_IDS, KnowledgeBase, Outcome
+from cds_service.core.knowledge import KnowledgeBase, Outcome
 from cds_service.core.risk import Assessment, OutcomeAssessment
-from fhir_mappings import PatientFindings, PredictorFinding, Source, State
+from fhir_mappings import Basis, PatientFindings, PredictorFinding, Source, State
 
 SUMMARY_MAX = 139
 """CDS Hooks: "one-sentence, <140-character summary"."""
@@ -36,9 +44,9 @@ _ESCAPES = str.maketrans({**{ch: "\\" + ch for ch in _MARKDOWN_SPECIAL}, **_HTML
 """One pass (``str.translate``): the HTML specials as entities (which hold no markdown special), each markdown special
 behind a backslash."""
 _SUPERSCRIPTS = ("¹", "²", "³", "⁴", "⁵", "⁶", "⁷", "⁸", "⁹")
-_EXAMINE = frozenset({"not-recorded", "suspected"})
+_EXAMINE = frozenset({Basis.NOT_RECORDED, Basis.SUSPECTED})
 """Clinical findings nobody recorded either way: the card asks the clinician to examine for them now."""
-_NO_REORDER = frozenset({"pending"})
+_NO_REORDER = frozenset({Basis.PENDING})
 """A result on its way: no repeat order is suggested."""
 _BMI = "bmi_lt_15"
 
@@ -249,7 +257,7 @@ class _Renderer:
             "\n\n".join([wording.detail, *status, self._closing()]),
             "info",
             missing,
-            self._extension(None, "info", (), card_type="screening"),
+            self._extension(None, "info", (), CardType.SCREENING),
         )
 
     def notice_card(self, notice: str) -> dict[str, Any]:
@@ -265,7 +273,7 @@ class _Renderer:
             "\n\n".join(blocks),
             "info",
             (),
-            self._extension(None, "info", (), card_type="notice"),
+            self._extension(None, "info", (), CardType.NOTICE),
         )
 
     def _card(
@@ -275,7 +283,7 @@ class _Renderer:
         detail: str,
         indicator: str,
         missing: Iterable[str],
-        extension: dict[str, Any],
+        extension: AssessmentExtension,
     ) -> dict[str, Any]:
         card_uuid = self._uuid(name)
         card: dict[str, Any] = {
@@ -547,8 +555,8 @@ class _Renderer:
         return resource
 
     def _extension(
-        self, outcome_id: str | None, tier: str, drivers: Sequence[str], card_type: str = "risk"
-    ) -> dict[str, Any]:
+        self, outcome_id: str | None, tier: Tier, drivers: Sequence[str], card_type: CardType = CardType.RISK
+    ) -> AssessmentExtension:
         findings = self.findings
         assessment = self.assessment
         return {
@@ -574,7 +582,7 @@ class _Renderer:
             "counts": {
                 "resourcesSeen": findings.resources_seen,
                 "resourcesUsed": findings.resources_used,
-                "skipped": dict(findings.skipped),
+                "skipped": {reason.value: count for reason, count in findings.skipped.items()},
             },
         }
 
@@ -586,10 +594,10 @@ def _p_with_relation(printed: str) -> str:
     return f"= {printed}"
 
 
-def _predictor_json(finding: PredictorFinding, drives: bool) -> dict[str, Any]:
+def _predictor_json(finding: PredictorFinding, drives: bool) -> PredictorJson:
     return {
         "id": finding.id,
-        "state": finding.state.value,
+        "state": finding.state,
         "value": finding.value,
         "unit": finding.unit,
         "effective": finding.effective,

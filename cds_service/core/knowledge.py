@@ -15,26 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cds_service.contracts import OUTCOME_IDS, PREDICTOR_IDS, Tier
 from cds_service.resources import config_path
-from fhir_mappings import DataRules, MappingRules, PredictorRule, Terminology
-
-# The public contract (DESIGN.md): every card's extension carries these predictors, and these outcomes exist.
-PREDICTOR_IDS: tuple[str, ...] = (
-    "anti_nxp2_positive",
-    "jdm_diagnosis",
-    "bmi_lt_15",
-    "muscle_strength_le_3",
-    "edema",
-    "skin_ulcer",
-    "bulbar_weakness",
-    "ild",
-    "ana_positive",
-    "ro52_positive",
-    "cd4_cd8_lt_1_4",
-    "ferritin_gt_200",
-)
-OUTCOME_IDS: tuple[str, ...] = ("refractory", "gi_perforation_death")
-Tier = Literal["critical", "warning", "info"]
+from fhir_mappings import Basis, DataRules, MappingRules, PredictorRule, Terminology
 
 _PUBLISHED = re.compile(r"^(?:[<>]\s*)?(?:\d+(?:\.\d*)?|\.\d+)$")
 
@@ -367,26 +350,8 @@ class Wording(_Model):
     service: ServiceWording
 
 
-BASIS_CODES = (
-    "reported",
-    "computed",
-    "condition",
-    "observation",
-    "condition-despite-later-observation",
-    "condition-history",
-    "condition-resolved",
-    "condition-refuted",
-    "suspected",
-    "not-recorded",
-    "equivocal",
-    "conflicting",
-    "pending",
-    "implausible",
-    "unpaired",
-    "outside-lookback",
-    "no-data",
-    "unreadable",
-)
+BASIS_CODES: tuple[str, ...] = tuple(Basis)
+"""Every basis a finding can have (:class:`fhir_mappings.Basis`): the knowledge base words each one."""
 
 
 class KnowledgeBase(_Model):

@@ -15,29 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cds_service.core.knowledge import Eligibility, KnowledgeBase, Outcome, Tier
+from cds_service.contracts import AgeBasis, Decision, EligibilityReason, Tier
+from cds_service.core.knowledge import Eligibility, KnowledgeBase, Outcome
 from fhir_mappings import PatientFindings, State
 from fhir_mappings.dates import completed_years, parse_fhir_date
-
-# eligibility reasons (the extension's ``eligibility.reason``)
-ELIGIBLE = "eligible"
-NOT_POSITIVE = "required-predictor-not-present"
-DIAGNOSIS_NOT_RECORDED = "diagnosis-not-recorded"
-AGE_UNKNOWN = "age-unknown"
-AGE_OUT_OF_RANGE = "age-out-of-range"
-
-# decisions (logs and metrics): what the service did with the chart, and why
-DECISION_CARDS = "risk-cards"
-DECISION_ALL_ABSENT = "all-predictors-absent"
-DECISION_SCREENING = "screening"
-DECISION_NOTICE_DIAGNOSIS = "notice-diagnosis-not-recorded"
-DECISION_NOTICE_AGE = "notice-age-unknown"
-DECISION_NEGATIVE = "anti-nxp2-negative"
-DECISION_NOT_ASSESSED = "anti-nxp2-not-assessed-no-diagnosis"
-DECISION_AGE_OUT = "age-out-of-range"
-
-AgeBasis = str
-"""``onset``, ``diagnosis`` (the diagnosis' recorded date) or ``now``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,18 +35,17 @@ class OutcomeAssessment:
 class Assessment:
     findings: PatientFindings
     eligible: bool
-    eligibility: str
-    """Why (not) eligible: ``eligible``, ``required-predictor-not-present``, ``diagnosis-not-recorded``,
-    ``age-unknown``, ``age-out-of-range``."""
+    eligibility: EligibilityReason
+    """Why (not) eligible."""
     screening: bool
     """Not eligible, but the knowledge base's screening rule applies (JDM, anti-NXP2 status unknown)."""
     outcomes: tuple[OutcomeAssessment, ...]
-    notice: str | None = None
+    notice: EligibilityReason | None = None
     """Not eligible for a reason the clinician can fix: ``diagnosis-not-recorded`` or ``age-unknown``."""
     age_years: int | None = None
     """The age eligibility used, in completed years."""
     age_basis: AgeBasis | None = None
-    decision: str = DECISION_CARDS
+    decision: Decision = Decision.RISK_CARDS
 
 
 def tier_for(outcome: Outcome, present: int, unknown: int, significant_present: int | None = None) -> Tier | None:
@@ -96,17 +76,17 @@ def age_for(findings: PatientFindings, rules: Eligibility) -> tuple[int | None, 
     detail = diagnosis.basis_detail if diagnosis is not None and diagnosis.state is State.PRESENT else {}
     onset_age = _years(detail.get("onset_age_years"))
     if onset_age is not None:
-        return onset_age, "onset"
+        return onset_age, AgeBasis.ONSET
     birth = findings.birth_date
     if birth is None:
         return None, None
-    for key, basis in (("onset", "onset"), ("recorded", "diagnosis")):
+    for key, basis in (("onset", AgeBasis.ONSET), ("recorded", AgeBasis.DIAGNOSIS)):
         when = parse_fhir_date(detail.get(key))
         if when is not None and birth <= when <= findings.evaluated_at.date():
             return completed_years(birth, when), basis
     if findings.age_years is None:
         return None, None
-    return findings.age_years, "now"
+    return findings.age_years, AgeBasis.NOW
 
 
 def _years(value: str | None) -> int | None:
@@ -129,16 +109,26 @@ def assess(findings: PatientFindings, knowledge: KnowledgeBase) -> Assessment:
     if others_present and diagnosis_ok and age_ok:
         alpha = knowledge.tier_policy.alpha
         outcomes = tuple(assess_outcome(oid, o, findings, alpha) for oid, o in knowledge.outcomes.items())
-        decision = DECISION_CARDS if any(o.tier for o in outcomes) else DECISION_ALL_ABSENT
-        return Assessment(findings, True, ELIGIBLE, False, outcomes, None, age, age_basis, decision)
+        decision = Decision.RISK_CARDS if any(o.tier for o in outcomes) else Decision.ALL_PREDICTORS_ABSENT
+        return Assessment(findings, True, EligibilityReason.ELIGIBLE, False, outcomes, None, age, age_basis, decision)
     if others_present and not too_old:
         if not diagnosis_ok:
-            notice, decision = DIAGNOSIS_NOT_RECORDED, DECISION_NOTICE_DIAGNOSIS
+            notice, decision = EligibilityReason.DIAGNOSIS_NOT_RECORDED, Decision.NOTICE_DIAGNOSIS_NOT_RECORDED
         else:
-            notice, decision = AGE_UNKNOWN, DECISION_NOTICE_AGE
+            notice, decision = EligibilityReason.AGE_UNKNOWN, Decision.NOTICE_AGE_UNKNOWN
         return Assessment(findings, False, notice, False, (), notice, age, age_basis, decision)
     if others_present:
-        return Assessment(findings, False, AGE_OUT_OF_RANGE, False, (), None, age, age_basis, DECISION_AGE_OUT)
+        return Assessment(
+            findings,
+            False,
+            EligibilityReason.AGE_OUT_OF_RANGE,
+            False,
+            (),
+            None,
+            age,
+            age_basis,
+            Decision.AGE_OUT_OF_RANGE,
+        )
     screening = (
         not too_old
         and bool(rules.screening_requires_present or rules.screening_requires_unknown)
@@ -146,11 +136,13 @@ def assess(findings: PatientFindings, knowledge: KnowledgeBase) -> Assessment:
         and all(findings.state(p) is State.UNKNOWN for p in rules.screening_requires_unknown)
     )
     if screening:
-        decision = DECISION_SCREENING
+        decision = Decision.SCREENING
     elif too_old and diagnosis_ok:
-        decision = DECISION_AGE_OUT
+        decision = Decision.AGE_OUT_OF_RANGE
     elif any(findings.state(p) is State.ABSENT for p in rules.requires_present if p != rules.diagnosis):
-        decision = DECISION_NEGATIVE
+        decision = Decision.ANTI_NXP2_NEGATIVE
     else:
-        decision = DECISION_NOT_ASSESSED
-    return Assessment(findings, False, NOT_POSITIVE, screening, (), None, age, age_basis, decision)
+        decision = Decision.ANTI_NXP2_NOT_ASSESSED_NO_DIAGNOSIS
+    return Assessment(
+        findings, False, EligibilityReason.REQUIRED_PREDICTOR_NOT_PRESENT, screening, (), None, age, age_basis, decision
+    )

@@ -7,10 +7,9 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from cds_service.contracts import EXTENSION_KEY
+from cds_service.contracts import EXTENSION_KEY, PREDICTOR_IDS
 from cds_service.core.cards import CardContext, fit_summary
 from cds_service.core.engine import Engine
-from cds_service.core.knowledge import PREDICTOR_IDS
 from tests.builders import AT, PID, SCT, assert_valid_cds, condition, obs, patient, qty
 from tests.synthetic_patients import nxp2_positive
 

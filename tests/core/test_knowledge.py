@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from cds_service.contracts import OUTCOME_IDS, PREDICTOR_IDS
 from cds_service.core.engine import Engine
-from cds_service.core.knowledge import OUTCOME_IDS, PREDICTOR_IDS, KnowledgeBase, KnowledgeError, load_knowledge
+from cds_service.core.knowledge import KnowledgeBase, KnowledgeError, load_knowledge
 from cds_service.evidence.exact_logistic import exact_conditional_estimate, matches_published
 from cds_service.resources import config_path
 

@@ -6,7 +6,8 @@ from datetime import date
 
 import pytest
 
-from cds_service.core.knowledge import PREDICTOR_IDS, KnowledgeBase
+from cds_service.contracts import PREDICTOR_IDS
+from cds_service.core.knowledge import KnowledgeBase
 from cds_service.core.risk import assess
 from fhir_mappings import PatientFindings, PredictorFinding, State
 from tests.builders import AT
