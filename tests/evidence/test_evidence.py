@@ -6,9 +6,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from cds_service.cli.main import main
 from cds_service.core.engine import Engine
 from cds_service.core.knowledge import KnowledgeBase, load_knowledge
 from cds_service.evidence.statistics import (
@@ -21,12 +19,9 @@ from cds_service.evidence.statistics import (
     verify,
 )
 from cds_service.resources import config_path
+from tests.cli_runner import Cli
 
 TODAY = date(2026, 11, 24)
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, ["evidence", *args])
 
 
 def test_shipped_knowledge_reproduces_115_of_115(knowledge: KnowledgeBase) -> None:
@@ -35,9 +30,9 @@ def test_shipped_knowledge_reproduces_115_of_115(knowledge: KnowledgeBase) -> No
     assert (result.reproduced, result.total, result.two_sided, result.ok) == (115, 115, (8, 8), True)
 
 
-def test_verify_command_prints_the_tally(tmp_path: Path) -> None:
+def test_verify_command_prints_the_tally(tmp_path: Path, cli: Cli) -> None:
     """`nxp2-cds evidence verify` prints the table and ends with 'reproduced: 115/115', exit 0."""
-    result = run("verify")
+    result = cli("evidence", "verify")
     assert result.exit_code == 0
     assert result.stdout.rstrip().splitlines()[-1] == "reproduced: 115/115"
 
@@ -50,14 +45,14 @@ def _tampered(tmp_path: Path, old: str, new: str) -> Path:
     return path
 
 
-def test_tampered_count_fails_verification(tmp_path: Path) -> None:
+def test_tampered_count_fails_verification(tmp_path: Path, cli: Cli) -> None:
     """Changing one count (edema, refractory: 2/17 -> 3/17) makes verify report fewer than 115 and exit 1."""
     path = _tampered(
         tmp_path,
         'reference = { label = "no edema", events = 2, n = 17 }',
         'reference = { label = "no edema", events = 3, n = 17 }',
     )
-    result = run("verify", "--knowledge", str(path))
+    result = cli("evidence", "verify", "--knowledge", str(path))
     assert result.exit_code == 1
     tally = result.stdout.rstrip().splitlines()[-1]
     assert tally.startswith("reproduced: ")
@@ -103,20 +98,20 @@ def test_round_trip_reproduces_the_shipped_knowledge(knowledge: KnowledgeBase) -
         assert refit == shipped
 
 
-def test_round_trip_through_the_commands(tmp_path: Path) -> None:
+def test_round_trip_through_the_commands(tmp_path: Path, cli: Cli) -> None:
     """`evidence cohort` -> `evidence fit` -> `evidence verify` on the fitted file: reproduced: 115/115."""
     csv_path, kb_path = tmp_path / "paper.csv", tmp_path / "fitted.toml"
-    assert run("cohort", "-o", str(csv_path)).exit_code == 0
-    assert run("fit", str(csv_path), "-o", str(kb_path)).exit_code == 0
-    verified = run("verify", "--knowledge", str(kb_path))
+    assert cli("evidence", "cohort", "-o", str(csv_path)).exit_code == 0
+    assert cli("evidence", "fit", str(csv_path), "-o", str(kb_path)).exit_code == 0
+    verified = cli("evidence", "verify", "--knowledge", str(kb_path))
     assert verified.stdout.rstrip().splitlines()[-1] == "reproduced: 115/115"
 
 
-def test_fitted_knowledge_runs_the_service(tmp_path: Path, knowledge: KnowledgeBase) -> None:
+def test_fitted_knowledge_runs_the_service(tmp_path: Path, knowledge: KnowledgeBase, cli: Cli) -> None:
     """A fitted knowledge base file loads into the engine and says where its evidence comes from."""
     csv_path, kb_path = tmp_path / "site.csv", tmp_path / "site.toml"
     csv_path.write_text(cohort_csv(cohort_from_counts(knowledge)))
-    run("fit", str(csv_path), "-o", str(kb_path), "--label", "Children's Hospital X cohort (n = 26)")
+    cli("evidence", "fit", str(csv_path), "-o", str(kb_path), "--label", "Children's Hospital X cohort (n = 26)")
     engine = Engine.load(kb_path)
     assert engine.knowledge.source.label == "Children's Hospital X cohort (n = 26)"
     assert "this site's own cohort of 26 patients" in engine.knowledge.source.caveat
@@ -175,11 +170,11 @@ def test_driver_nobody_has_cannot_be_fitted(knowledge: KnowledgeBase) -> None:
         fit(read_cohort("\n".join(lines), knowledge), knowledge, label="x", description="x", today=TODAY)
 
 
-def test_fit_command_reports_bad_files_in_one_line(tmp_path: Path) -> None:
+def test_fit_command_reports_bad_files_in_one_line(tmp_path: Path, cli: Cli) -> None:
     """`evidence fit` on a bad file exits 2 with one line naming the problem."""
     bad = tmp_path / "bad.csv"
     bad.write_text(HEADER + "\ntrue,false,true,perhaps,false,false,true,false,true,true,false\n")
-    result = run("fit", str(bad), "-o", str(tmp_path / "out.toml"))
+    result = cli("evidence", "fit", str(bad), "-o", str(tmp_path / "out.toml"))
     assert result.exit_code == 2
     assert "line 2, column 'edema'" in result.stderr
     assert not (tmp_path / "out.toml").exists()

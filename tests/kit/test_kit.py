@@ -8,9 +8,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cds_service.cli.main import main
 from cds_service.core.engine import Engine
 from cds_service.kit.client_tokens import ClientKey
 from cds_service.kit.examples import (
@@ -26,6 +24,7 @@ from cds_service.kit.examples import (
     shift_dates,
 )
 from fhir_mappings.dates import completed_years, parse_fhir_date
+from tests.cli_runner import Cli
 
 TEMPLATES = {
     "patient": "Patient/{{context.patientId}}",
@@ -119,9 +118,9 @@ def test_no_cards_are_said_plainly() -> None:
     assert render_cards({"cards": []}).startswith("No cards")
 
 
-def test_keys_generate_writes_a_usable_key(tmp_path: Path) -> None:
+def test_keys_generate_writes_a_usable_key(tmp_path: Path, cli: Cli) -> None:
     """`keys generate` writes an ES384 key (private file mode 600), its JWKS and the issuer; the key signs tokens."""
-    result = CliRunner().invoke(main, ["keys", "generate", str(tmp_path / "k"), "--iss", "https://ehr.test/client"])
+    result = cli("keys", "generate", str(tmp_path / "k"), "--iss", "https://ehr.test/client")
     assert result.exit_code == 0
     key, issuer = ClientKey.load(tmp_path / "k")
     assert (key.algorithm, issuer) == ("ES384", "https://ehr.test/client")
@@ -130,10 +129,10 @@ def test_keys_generate_writes_a_usable_key(tmp_path: Path) -> None:
     assert '[[auth.issuers]]\niss = "https://ehr.test/client"' in result.stdout
 
 
-def test_keys_generate_never_overwrites(tmp_path: Path) -> None:
+def test_keys_generate_never_overwrites(tmp_path: Path, cli: Cli) -> None:
     """A directory that already holds a key is refused (exit 2)."""
-    CliRunner().invoke(main, ["keys", "generate", str(tmp_path)])
-    assert CliRunner().invoke(main, ["keys", "generate", str(tmp_path)]).exit_code == 2
+    cli("keys", "generate", str(tmp_path))
+    assert cli("keys", "generate", str(tmp_path)).exit_code == 2
 
 
 @pytest.mark.parametrize(
@@ -145,18 +144,16 @@ def test_keys_generate_never_overwrites(tmp_path: Path) -> None:
     ],
     ids=["no-data-source", "two-data-sources", "not-a-service-url"],
 )
-def test_call_usage_errors_exit_2(args: list[str]) -> None:
+def test_call_usage_errors_exit_2(args: list[str], cli: Cli) -> None:
     """`call` with no data source, two, or a URL that is not a service gets exit 2 and one line."""
-    result = CliRunner().invoke(main, ["call", *args])
+    result = cli("call", *args)
     assert (result.exit_code, len(result.stderr.strip().splitlines())) == (2, 1)
 
 
-def test_call_to_a_service_that_is_down(tmp_path: Path) -> None:
+def test_call_to_a_service_that_is_down(tmp_path: Path, cli: Cli) -> None:
     """A service that does not answer is explained in one line (exit 1)."""
     bundle = Path(__file__).resolve().parents[2] / "examples" / "patients" / "ex-adult.json"
-    result = CliRunner().invoke(
-        main, ["call", "http://127.0.0.1:9/cds-services/nxp2-jdm-risk", "--bundle", str(bundle)]
-    )
+    result = cli("call", "http://127.0.0.1:9/cds-services/nxp2-jdm-risk", "--bundle", str(bundle))
     assert result.exit_code == 1
     assert result.stderr.strip() == (
         "nxp2-cds: cannot reach http://127.0.0.1:9/cds-services: is the service running "

@@ -13,15 +13,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from click.testing import CliRunner, Result
 from pytest_httpserver import HTTPServer
 
-from cds_service.cli.main import main
 from cds_service.core.engine import Engine
 from cds_service.fhir.client import Deadline, FhirClient, FhirNotAllowed, new_session
 from cds_service.kit.survey import SearchReport, Suggestion, Survey, SurveyResult
 from fhir_mappings import load_terminology
 from tests.builders import ICD10CM, LOINC, coded, condition, obs, searchset
+from tests.cli_runner import Cli
 
 Json = dict[str, Any]
 LAB = "http://hospital.example.org/fhir/CodeSystem/lab"
@@ -247,10 +246,6 @@ def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., 
     return write
 
 
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, ["mappings", "survey", *args])
-
-
 def serve_searches(httpserver: HTTPServer, observations: Json, conditions: Json | None = None) -> None:
     httpserver.expect_request(f"{BASE_PATH}/Observation").respond_with_json(observations)
     httpserver.expect_request(f"{BASE_PATH}/Condition").respond_with_json(conditions or searchset())
@@ -264,31 +259,33 @@ def page(resources: list[Json], next_url: str | None) -> Json:
 
 
 def test_server_off_the_allowlist_is_refused_without_a_request(
-    configure: Callable[..., None], httpserver: HTTPServer
+    configure: Callable[..., None], httpserver: HTTPServer, cli: Cli
 ) -> None:
     """A server not on [fhir] allowed_servers: exit 2, a message naming the allowlist, and no request at all."""
     configure(["https://fhir.hospital.example.org/r4"])
-    result = run("--fhir-server", httpserver.url_for(BASE_PATH))
+    result = cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH))
     assert result.exit_code == 2
     assert "refusing to survey" in result.stderr
     assert "allowed_servers" in result.stderr
     assert httpserver.log == []
 
 
-def test_plain_http_is_refused_unless_allowed(configure: Callable[..., None], httpserver: HTTPServer) -> None:
+def test_plain_http_is_refused_unless_allowed(configure: Callable[..., None], httpserver: HTTPServer, cli: Cli) -> None:
     """An allowlisted server over plain http is refused (no request) while [fhir] allow_http is false."""
     configure([httpserver.url_for(BASE_PATH)], allow_http=False)
-    result = run("--fhir-server", httpserver.url_for(BASE_PATH))
+    result = cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH))
     assert result.exit_code == 2
     assert "https" in result.stderr
     assert httpserver.log == []
 
 
-def test_survey_reports_codes_and_prints_the_snippet(configure: Callable[..., None], httpserver: HTTPServer) -> None:
+def test_survey_reports_codes_and_prints_the_snippet(
+    configure: Callable[..., None], httpserver: HTTPServer, cli: Cli
+) -> None:
     """The report lists the unmapped local code with its count and ends with a valid [mappings.local_codes]."""
     configure([httpserver.url_for(BASE_PATH)])
     serve_searches(httpserver, searchset(*(local_obs("FERR-L", "Ferritin (local)") for _ in range(2))))
-    result = run("--fhir-server", httpserver.url_for(BASE_PATH))
+    result = cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH))
     assert result.exit_code == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if f"{LAB}|FERR-L" in line and "Ferritin" in line)
     assert row.split()[:4] == ["ferritin", "ferritin_gt_200", "2", "Observation"]
@@ -296,11 +293,15 @@ def test_survey_reports_codes_and_prints_the_snippet(configure: Callable[..., No
     assert tomllib.loads(snippet)["mappings"]["local_codes"] == {"ferritin_gt_200": [f"{LAB}|FERR-L"]}
 
 
-def test_whole_server_searches_ask_for_codes_only(configure: Callable[..., None], httpserver: HTTPServer) -> None:
+def test_whole_server_searches_ask_for_codes_only(
+    configure: Callable[..., None], httpserver: HTTPServer, cli: Cli
+) -> None:
     """Without --patient: one Observation and one Condition type search, with _elements and _count."""
     configure([httpserver.url_for(BASE_PATH)])
     serve_searches(httpserver, searchset())
-    assert run("--fhir-server", httpserver.url_for(BASE_PATH), "--page-size", "500").exit_code == 0
+    assert (
+        cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH), "--page-size", "500").exit_code == 0
+    )
     sent = [(r.path, parse_qs(r.query_string.decode())) for r, _ in httpserver.log]
     assert sent == [
         (f"{BASE_PATH}/Observation", {"_elements": ["code,component"], "_count": ["500"]}),
@@ -308,33 +309,44 @@ def test_whole_server_searches_ask_for_codes_only(configure: Callable[..., None]
     ]
 
 
-def test_patients_are_surveyed_one_by_one(configure: Callable[..., None], httpserver: HTTPServer) -> None:
+def test_patients_are_surveyed_one_by_one(configure: Callable[..., None], httpserver: HTTPServer, cli: Cli) -> None:
     """With --patient a --patient b: each patient's Observations and Conditions, nothing else."""
     configure([httpserver.url_for(BASE_PATH)])
     serve_searches(httpserver, searchset())
-    assert run("--fhir-server", httpserver.url_for(BASE_PATH), "--patient", "a", "--patient", "b").exit_code == 0
+    assert (
+        cli(
+            "mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH), "--patient", "a", "--patient", "b"
+        ).exit_code
+        == 0
+    )
     sent = [(r.path.rsplit("/", 1)[1], r.args.get("patient")) for r, _ in httpserver.log]
     assert sent == [("Observation", "a"), ("Condition", "a"), ("Observation", "b"), ("Condition", "b")]
 
 
-def test_patient_id_that_is_not_a_fhir_id_is_refused(configure: Callable[..., None], httpserver: HTTPServer) -> None:
+def test_patient_id_that_is_not_a_fhir_id_is_refused(
+    configure: Callable[..., None], httpserver: HTTPServer, cli: Cli
+) -> None:
     """--patient 'a&code=x' is refused before any request (it could change the search)."""
     configure([httpserver.url_for(BASE_PATH)])
-    result = run("--fhir-server", httpserver.url_for(BASE_PATH), "--patient", "a&code=x")
+    result = cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH), "--patient", "a&code=x")
     assert result.exit_code == 2
     assert "not a FHIR id" in result.stderr
     assert httpserver.log == []
 
 
-def test_token_is_sent_as_bearer_to_the_server(configure: Callable[..., None], httpserver: HTTPServer) -> None:
+def test_token_is_sent_as_bearer_to_the_server(
+    configure: Callable[..., None], httpserver: HTTPServer, cli: Cli
+) -> None:
     """--token goes to the FHIR server as a bearer token on every request."""
     configure([httpserver.url_for(BASE_PATH)])
     serve_searches(httpserver, searchset())
-    assert run("--fhir-server", httpserver.url_for(BASE_PATH), "--token", TOKEN).exit_code == 0
+    assert cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH), "--token", TOKEN).exit_code == 0
     assert {r.headers.get("Authorization") for r, _ in httpserver.log} == {f"Bearer {TOKEN}"}
 
 
-def test_paging_stops_at_max_pages_and_says_so(configure: Callable[..., None], httpserver: HTTPServer) -> None:
+def test_paging_stops_at_max_pages_and_says_so(
+    configure: Callable[..., None], httpserver: HTTPServer, cli: Cli
+) -> None:
     """With [fhir] max_pages = 2 and more pages on the server: two pages read, the third never asked for, and
     the JSON document says the search is incomplete and why."""
     configure([httpserver.url_for(BASE_PATH)], max_pages=2)
@@ -345,7 +357,7 @@ def test_paging_stops_at_max_pages_and_says_so(configure: Callable[..., None], h
         page([local_obs("FERR-L", "Ferritin (local)")], httpserver.url_for(f"{BASE_PATH}/page3"))
     )
     httpserver.expect_request(f"{BASE_PATH}/Condition").respond_with_json(searchset())
-    result = run("--fhir-server", httpserver.url_for(BASE_PATH), "--json")
+    result = cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH), "--json")
     assert result.exit_code == 0, result.stderr
     document = json.loads(result.stdout)
     observations = document["searches"][0]
@@ -355,42 +367,46 @@ def test_paging_stops_at_max_pages_and_says_so(configure: Callable[..., None], h
     assert document["unmapped"][0]["count"] == 2
 
 
-def test_bound_hit_is_a_warning_in_the_report(configure: Callable[..., None], httpserver: HTTPServer) -> None:
+def test_bound_hit_is_a_warning_in_the_report(configure: Callable[..., None], httpserver: HTTPServer, cli: Cli) -> None:
     """The readable report warns that the survey is incomplete when a search hit the page bound."""
     configure([httpserver.url_for(BASE_PATH)], max_pages=1)
     serve_searches(httpserver, page([], httpserver.url_for(f"{BASE_PATH}/page2")))
-    result = run("--fhir-server", httpserver.url_for(BASE_PATH))
+    result = cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH))
     assert "WARNING: incomplete" in result.stdout
     assert "(INCOMPLETE)" in result.stdout
 
 
-def test_next_link_to_another_origin_is_not_followed(configure: Callable[..., None], httpserver: HTTPServer) -> None:
+def test_next_link_to_another_origin_is_not_followed(
+    configure: Callable[..., None], httpserver: HTTPServer, cli: Cli
+) -> None:
     """A next link to another origin stops the search there (reported), and is never requested."""
     configure([httpserver.url_for(BASE_PATH)])
     elsewhere = httpserver.url_for(f"{BASE_PATH}/page2").replace("localhost", "127.0.0.1")
     serve_searches(httpserver, page([], elsewhere))
-    result = run("--fhir-server", httpserver.url_for(BASE_PATH), "--json")
+    result = cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH), "--json")
     assert "another origin" in json.loads(result.stdout)["searches"][0]["stopped"]
     assert len(httpserver.log) == 2
 
 
-def test_first_page_error_fails_with_the_status(configure: Callable[..., None], httpserver: HTTPServer) -> None:
+def test_first_page_error_fails_with_the_status(
+    configure: Callable[..., None], httpserver: HTTPServer, cli: Cli
+) -> None:
     """A 401 on the first search: exit 2 and a message with the status and a hint about --token."""
     configure([httpserver.url_for(BASE_PATH)])
     httpserver.expect_request(f"{BASE_PATH}/Observation").respond_with_json({"resourceType": "OperationOutcome"}, 401)
-    result = run("--fhir-server", httpserver.url_for(BASE_PATH))
+    result = cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH))
     assert result.exit_code == 2
     assert "401" in result.stderr
     assert "--token" in result.stderr
 
 
 def test_json_document_lists_unmapped_mapped_and_missing(
-    configure: Callable[..., None], httpserver: HTTPServer
+    configure: Callable[..., None], httpserver: HTTPServer, cli: Cli
 ) -> None:
     """--json gives the unmapped codes, the mapped coverage, the concepts with nothing, and the snippet."""
     configure([httpserver.url_for(BASE_PATH)])
     serve_searches(httpserver, searchset(local_obs("NXP2-CN", "抗NXP2抗体"), obs("2276-4", display="Ferritin")))
-    result = run("--fhir-server", httpserver.url_for(BASE_PATH), "--json")
+    result = cli("mappings", "survey", "--fhir-server", httpserver.url_for(BASE_PATH), "--json")
     document = json.loads(result.stdout)
     assert [(u["key"], u["token"], u["count"], u["recognisedByName"]) for u in document["unmapped"]] == [
         ("anti_nxp2_positive", f"{LAB}|NXP2-CN", 1, True)
