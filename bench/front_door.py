@@ -1,31 +1,25 @@
 """The front door: `nxp2-cds serve` with nginx in front of gunicorn (today's) beside gunicorn alone (before), same
 workers and threads, measured in the same run: closed-loop throughput, p99 at a fixed 100 requests/s, and p99 of a
 normal client while 100 clients send their headers at one byte a second. Loopback only, bounded in time and count;
-every process started here is stopped by its PID."""
+every process started here is stopped by its PID (bench/loopback.py)."""
 
 from __future__ import annotations
 
-import http.client
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import orjson
-import requests
 
 from bench import workload
 from bench.http_scenario import _loadgen, free_port
-from bench.stats import percentile
+from bench.loopback import SERVICE, Crowd, paced_calls, started
 
 WORKERS, THREADS = 2, 4  # as deploy/kubernetes runs it
-SERVICE = "/cds-services/nxp2-jdm-risk"
 SLOW_CLIENTS = 100
 
 
@@ -40,102 +34,38 @@ def serve(front_door: str) -> Iterator[int]:
     }
     command = [sys.executable, "-m", "cds_service.cli", "serve", "--port", str(port)]
     command += ["--workers", str(WORKERS), "--threads", str(THREADS)]
-    process = subprocess.Popen(
-        command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"nxp2-cds serve ({front_door}) did not start")
-            time.sleep(0.2)
+    ready = f"http://127.0.0.1:{port}/healthz"
+    # killed as a group after 40 s: gunicorn alone may wait for the slow clients' threads, not our business
+    with started(
+        command,
+        ready_url=ready,
+        what=f"nxp2-cds serve ({front_door})",
+        cwd=folder,
+        env=env,
+        stop_seconds=40,
+        own_group=True,
+    ):
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(40)
-        except subprocess.TimeoutExpired:  # gunicorn alone may wait for the slow clients' threads: not our business
-            os.killpg(process.pid, 9)
-            process.wait(10)
-
-
-def _slow_headers(port: int, count: int, seconds: float, stop: threading.Event) -> None:
-    """``count`` connections sending a request header one byte a second, reopened when closed, for ``seconds``."""
-    head = f"POST {SERVICE} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode()
-    sockets: list[socket.socket] = []
-
-    def opened() -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        sock.sendall(head)
-        return sock
-
-    deadline = time.monotonic() + seconds
-    try:
-        sockets = [opened() for _ in range(count)]
-        while not stop.is_set() and time.monotonic() < deadline:
-            for index, sock in enumerate(sockets):
-                try:
-                    sock.send(b"a")
-                except OSError:
-                    sock.close()
-                    sockets[index] = opened()
-            stop.wait(1.0)
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def under_slow_clients(port: int, body: bytes, requests_count: int, rate: float) -> dict[str, Any]:
     """p50/p99 of a normal client (``rate`` hook calls a second, 5 s timeout each) while 100 slow-header clients
     are connected; timed-out or failed calls are counted, not timed."""
-    stop = threading.Event()
-    crowd = threading.Thread(
-        target=_slow_headers, args=(port, SLOW_CLIENTS, requests_count / rate + 10, stop), daemon=True
-    )
-    crowd.start()
-    time.sleep(1.5)
-    latencies: list[float] = []
-    failures = 0
-    began = time.monotonic()
-    hard_stop = began + requests_count / rate + 10  # a starved server must not keep the bench for minutes
-    sent = 0
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    for index in range(requests_count):
-        if time.monotonic() > hard_stop:
-            break
-        sent += 1
-        scheduled = began + index / rate
-        delay = scheduled - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        try:
-            connection.request("POST", SERVICE, body=body, headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            response.read()
-            if response.status == 200:
-                latencies.append((time.monotonic() - scheduled) * 1000)
-            else:
-                failures += 1
-        except (OSError, http.client.HTTPException):
-            failures += 1
-            connection.close()
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    connection.close()
-    stop.set()
-    crowd.join(15)
+    crowd = Crowd(port, {"slow_header": SLOW_CLIENTS}, seconds=requests_count / rate + 10).start()
+    try:
+        time.sleep(1.5)
+        calls = paced_calls(port, body, requests_count, rate, timeout=5, stop_after=requests_count / rate + 10)
+    finally:
+        crowd.stop()
+    answered = bool(calls.seconds)
     return {
         "slow_clients": SLOW_CLIENTS,
         "requests": requests_count,
-        "sent": sent,
-        "answered": len(latencies),
-        "failed_or_timed_out": failures,
-        "p50_ms": round(percentile(latencies, 50), 3) if latencies else None,
-        "p99_ms": round(percentile(latencies, 99), 3) if latencies else None,
+        "sent": calls.sent,
+        "answered": len(calls.seconds),
+        "failed_or_timed_out": len(calls.failures),
+        "p50_ms": round(calls.p50_ms, 3) if answered else None,
+        "p99_ms": round(calls.p99_ms, 3) if answered else None,
     }
 
 

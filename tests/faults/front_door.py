@@ -1,6 +1,6 @@
-"""Tools of the front-door fault tests: hostile connections (slow, half-sent, silent), a well-behaved client that
-measures its latency, and the memory of a server's process tree. Loopback only; every loop is bounded in time and
-count; nothing here starts a process."""
+"""Tools of the front-door fault tests beside those they share with the bench (bench/loopback.py: hostile
+connections, a paced client): single calls, the memory of a server's process tree, nginx's presence. Loopback only;
+every loop is bounded in time and count; nothing here starts a process."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import errno
 import http.client
 import os
 import re
-import selectors
-import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +16,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.loopback import LOOPBACK
 from cds_service.server.supervisor import find_nginx
 
 REQUIRE_FRONT_DOOR = "NXP2_CDS_REQUIRE_FRONT_DOOR"
-LOOPBACK = "127.0.0.1"
-SERVICE = "/cds-services/nxp2-jdm-risk"
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "deployment.yaml"
 
 
@@ -36,142 +32,7 @@ def require_nginx() -> None:
         pytest.skip(message)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
-# -- hostile connections ---------------------------------------------------------------------------------------------
-
-
-HEADER_START = f"POST {SERVICE} HTTP/1.1\r\nHost: {LOOPBACK}\r\nContent-Type: application/json\r\nX-Slow: ".encode()
-
-
-@dataclass
-class Hostile:
-    """One hostile connection: what it does, when it last sent something, when the server closed it."""
-
-    kind: str
-    sock: socket.socket
-    opened: float
-    last_sent: float
-    closed: float | None = None
-    answer: bytes = b""
-
-
-@dataclass
-class Crowd:
-    """Hostile connections kept up for ``seconds`` from one thread (each kind is reopened when the server closes it,
-    as an attacker would):
-
-    - ``slow_header``: a request header one byte a second, never finished;
-    - ``half_body``: headers announcing 100 KB of body, 100 bytes of it, then nothing;
-    - ``slow_body``: headers announcing 100 KB, then one byte a second;
-    - ``silent``: connects and sends nothing.
-    """
-
-    port: int
-    counts: dict[str, int]
-    seconds: float
-    reopen: bool = True
-    finished: list[Hostile] = field(default_factory=list)
-    opened_total: int = 0
-    _thread: threading.Thread | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def _open(self, kind: str, selector: selectors.BaseSelector) -> Hostile:
-        sock = socket.create_connection((LOOPBACK, self.port), timeout=5)
-        sock.setblocking(False)
-        now = time.monotonic()
-        if kind in ("half_body", "slow_body"):
-            head = (
-                f"POST {SERVICE} HTTP/1.1\r\nHost: {LOOPBACK}\r\nContent-Type: application/json\r\n"
-                "Content-Length: 100000\r\n\r\n"
-            ).encode()
-            sock.send(head + (b"{" + b" " * 99 if kind == "half_body" else b"{"))
-        elif kind == "slow_header":
-            sock.send(HEADER_START)
-        hostile = Hostile(kind, sock, now, now)
-        selector.register(sock, selectors.EVENT_READ, hostile)
-        self.opened_total += 1
-        return hostile
-
-    def start(self) -> Crowd:
-        self._thread = threading.Thread(target=self._run, name="hostile-crowd", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-
-    def _run(self) -> None:
-        selector = selectors.DefaultSelector()
-        live: list[Hostile] = []
-        try:
-            for kind, count in self.counts.items():
-                live += [self._open(kind, selector) for _ in range(count)]
-            deadline = time.monotonic() + self.seconds
-            next_trickle = time.monotonic() + 1.0
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                for key, _ in selector.select(timeout=0.05):
-                    hostile: Hostile = key.data
-                    if self._closed_by_server(hostile):
-                        selector.unregister(hostile.sock)
-                        hostile.sock.close()
-                        live.remove(hostile)
-                        self.finished.append(hostile)
-                        if self.reopen and time.monotonic() < deadline - 1:
-                            live.append(self._open(hostile.kind, selector))
-                if time.monotonic() >= next_trickle:
-                    next_trickle += 1.0
-                    for hostile in live:
-                        if hostile.kind in ("slow_header", "slow_body"):
-                            try:
-                                hostile.sock.send(b"a" if hostile.kind == "slow_header" else b" ")
-                                hostile.last_sent = time.monotonic()
-                            except OSError:
-                                pass  # closed: the selector reports it
-        finally:
-            for hostile in live:
-                selector.unregister(hostile.sock)
-                hostile.sock.close()
-            selector.close()
-
-    @staticmethod
-    def _closed_by_server(hostile: Hostile) -> bool:
-        try:
-            data = hostile.sock.recv(65536)
-        except BlockingIOError:
-            return False
-        except OSError:
-            data = b""
-        if data:
-            hostile.answer += data
-            return False
-        hostile.closed = time.monotonic()
-        return True
-
-
-# -- a well-behaved client -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Latencies:
-    seconds: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def p99_ms(self) -> float:
-        return percentile(self.seconds, 99) * 1000
-
-    @property
-    def p50_ms(self) -> float:
-        return percentile(self.seconds, 50) * 1000
+# -- single calls ----------------------------------------------------------------------------------------------------
 
 
 def post(
@@ -188,33 +49,6 @@ def post(
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         connection.close()
-
-
-def measure(port: int, body: bytes, count: int, rate: float) -> Latencies:
-    """``count`` hook calls at ``rate`` a second on one keep-alive connection (reopened if it breaks); the latency
-    of each from its scheduled time."""
-    result = Latencies()
-    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
-    began = time.monotonic()
-    for index in range(count):
-        scheduled = began + index / rate
-        delay = scheduled - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        try:
-            connection.request("POST", SERVICE, body=body, headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                result.failures.append(f"status {response.status}")
-            else:
-                result.seconds.append(time.monotonic() - scheduled)
-        except (OSError, http.client.HTTPException) as exc:
-            result.failures.append(type(exc).__name__)
-            connection.close()
-            connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
-    connection.close()
-    return result
 
 
 def is_reset(exc: BaseException) -> bool:
@@ -248,29 +82,27 @@ def process_tree(root: int) -> list[int]:
     return found
 
 
-def pss_bytes(pid: int) -> int:
-    """The proportional set size of a process (its private memory plus its share of shared pages): summed over a
-    process tree it counts each page once, as the container's memory limit does."""
+def _proc_kib(path: str, key: str) -> int:
+    """The value of ``key`` (a line ``Key: N kB``) in a /proc file, in bytes; 0 when the process is gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """The proportional set size of a process (its private memory plus its share of shared pages): summed over a
+    process tree it counts each page once, as the container's memory limit does."""
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def rss_bytes(pid: int) -> int:
     """The resident set size of a process: what it has touched, shared pages included."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kib(f"/proc/{pid}/status", "VmRSS")
 
 
 def workers_of(supervisor: int) -> list[int]:

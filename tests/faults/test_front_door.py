@@ -16,16 +16,8 @@ import orjson
 import pytest
 
 from bench import workload
-from tests.faults.front_door import (
-    LOOPBACK,
-    SERVICE,
-    Crowd,
-    measure,
-    outcome,
-    post,
-    require_nginx,
-    run_threads,
-)
+from bench.loopback import LOOPBACK, SERVICE, Crowd, paced_calls
+from tests.faults.front_door import outcome, post, require_nginx, run_threads
 from tests.server_process import Served, running
 
 HEADER_TIMEOUT = 3
@@ -73,7 +65,7 @@ def test_hostile_clients_hold_no_worker_and_are_closed_in_time(
     crowd.start()
     try:
         time.sleep(1.0)  # all of them connected and started
-        normal = measure(server.port, body, count=300, rate=40)
+        normal = paced_calls(server.port, body, count=300, rate=40)
     finally:
         crowd.stop()
     print(

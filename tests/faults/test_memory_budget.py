@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from bench import workload
+from bench.loopback import SERVICE
 from cds_service.server.supervisor import RequestGuard
 from tests.faults.front_door import (
-    SERVICE,
     MemorySampler,
     manifest_memory_limit,
     outcome,

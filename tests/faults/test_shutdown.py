@@ -18,7 +18,8 @@ import orjson
 import requests
 
 from bench import workload
-from tests.faults.front_door import LOOPBACK, SERVICE, is_reset, post, require_nginx, run_threads, workers_of
+from bench.loopback import LOOPBACK, SERVICE
+from tests.faults.front_door import is_reset, post, require_nginx, run_threads, workers_of
 from tests.server_process import running
 
 DELAY = 1.5
