@@ -87,6 +87,12 @@ class Cluster:
         log = str(self.root / "log")
         self._run(str(self._bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
 
+    def running(self) -> None:
+        """Resumed, and started when it is not running (whatever an earlier test left it as)."""
+        self.resume()
+        if self.pid is None:
+            self.start()
+
     @property
     def pid(self) -> int | None:
         try:

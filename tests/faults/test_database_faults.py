@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,10 @@ class Deployment:
         started = time.monotonic()
         response = requests.get(self.served.url + path, timeout=30)
         return Answer(path, phase, response.status_code, time.monotonic() - started)
+
+    def health(self, phase: str) -> list[Answer]:
+        """/readyz and /healthz, once each."""
+        return [self.probe("/readyz", phase), self.probe("/healthz", phase)]
 
     def metric(self, name: str) -> float:
         """A sample of /metrics (all workers), 0 when absent."""
@@ -283,6 +288,18 @@ class Run:
         self.fallbacks = deployment.metric("nxp2_cds_jwt_replay_fallback_total")
 
 
+@contextmanager
+def fault(deployment: Deployment, before: int, cause: Callable[[], None], phase: str) -> Iterator[Load]:
+    """The load against a running database until ``before`` hook calls are answered; then ``cause`` (the fault), and
+    the calls from then on count in ``phase``."""
+    deployment.cluster.running()
+    with Load(deployment) as load:
+        load.wait("before", before)
+        cause()
+        load.phase = phase
+        yield load
+
+
 def feedback_until_stored(deployment: Deployment, run: Run) -> None:
     """Once the database is back, feedback is answered 200 again (within seconds)."""
     card = next(u for a in run.load.hooks() for u in a.cards)
@@ -301,18 +318,12 @@ def feedback_until_stored(deployment: Deployment, run: Run) -> None:
 
 @pytest.fixture(scope="module")
 def stopped(deployment: Deployment) -> Run:
-    deployment.cluster.resume()
-    if deployment.cluster.pid is None:
-        deployment.cluster.start()
-    with Load(deployment) as load:
-        load.wait("before", 40)
-        deployment.cluster.stop()
-        load.phase = "outage"
+    with fault(deployment, 40, deployment.cluster.stop, "outage") as load:
         time.sleep(0.5)
         probes = []
         with requests.Session() as session:
             for _ in range(3):
-                probes += [deployment.probe("/readyz", "outage"), deployment.probe("/healthz", "outage")]
+                probes += deployment.health("outage")
                 card = next(u for a in load.hooks() for u in a.cards)
                 probes.append(deployment.feedback(session, card, "outage"))
         load.wait("outage", 100)
@@ -380,17 +391,11 @@ def test_stopped_database_metrics_show_what_waits_and_the_fallback(stopped: Run)
 
 @pytest.fixture(scope="module")
 def hung(deployment: Deployment) -> Run:
-    deployment.cluster.resume()
-    if deployment.cluster.pid is None:
-        deployment.cluster.start()
-    with Load(deployment) as load:
-        load.wait("before", 30)
-        deployment.cluster.pause()
-        load.phase = "hung"
+    with fault(deployment, 30, deployment.cluster.pause, "hung") as load:
         probes = []
         try:
             for _ in range(3):
-                probes += [deployment.probe("/readyz", "hung"), deployment.probe("/healthz", "hung")]
+                probes += deployment.health("hung")
             load.wait("hung", 80, seconds=30)
         finally:
             deployment.cluster.resume()
@@ -435,13 +440,7 @@ def spooled_by(deployment: Deployment, pid: int) -> int:
 @pytest.fixture(scope="module")
 def killed(deployment: Deployment) -> Run:
     cluster = deployment.cluster
-    cluster.resume()
-    if cluster.pid is None:
-        cluster.start()
-    with Load(deployment) as load:
-        load.wait("before", 20)
-        cluster.stop()
-        load.phase = "outage"
+    with fault(deployment, 20, cluster.stop, "outage") as load:
         load.wait("outage", 60)
         workers = deployment.workers()
         victim = max(workers, key=lambda pid: spooled_by(deployment, pid))
