@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cds_service.contracts import OUTCOME_IDS, PREDICTOR_IDS, Tier
+from cds_service.contracts import OUTCOME_IDS, PREDICTOR_IDS, AgeBasis, Tier
 from cds_service.resources import config_path
 from fhir_mappings import Basis, DataRules, MappingRules, PredictorRule, Terminology
 
@@ -336,7 +336,7 @@ class Wording(_Model):
     basis_diagnosis: str
     basis_missing: str
     undated: str
-    basis_age: dict[Literal["onset", "diagnosis", "now"], str]
+    basis_age: dict[AgeBasis, str]
     gap_hours: str
     gap_days: str
     examine_heading: str
@@ -404,6 +404,9 @@ class KnowledgeBase(_Model):
         missing_basis = [b for b in BASIS_CODES if b not in self.wording.basis]
         if missing_basis:
             raise ValueError(f"wording.basis: missing {missing_basis}")
+        missing_ages = [a.value for a in AgeBasis if a not in self.wording.basis_age]
+        if missing_ages:
+            raise ValueError(f"wording.basis_age: missing {missing_ages}")
         return self
 
     # -- derived views -------------------------------------------------------------------------------

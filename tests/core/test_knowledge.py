@@ -124,6 +124,8 @@ def _mutated(tmp_path: Path, old: str, new: str) -> Path:
         ('defects = ["ferritin-unit"]', 'defects = ["no-such-defect"]', r"unknown defects \['no-such-defect'\]"),
         ("max_age_years = 18", "max_age_years = 0", r"eligibility\.max_age_years"),
         ('kind = "ratio"', 'kind = "magic"', r"predictors\.cd4_cd8_lt_1_4\.rule"),
+        (', now = "age {age} now (no onset recorded)" }', " }", r"wording\.basis_age: missing \['now'\]"),
+        ('diagnosis = "age {age} at diagnosis', 'then = "age {age} at diagnosis', r"wording\.basis_age\.then"),
     ],
     ids=[
         "negative-n",
@@ -134,6 +136,8 @@ def _mutated(tmp_path: Path, old: str, new: str) -> Path:
         "unknown-defect",
         "max-age",
         "unknown-kind",
+        "age-basis-unworded",
+        "age-basis-unknown",
     ],
 )
 def test_bad_knowledge_names_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:

@@ -92,8 +92,8 @@ class Facts:
                     )
                 )
         age, basis = self.assessment.age_years, self.assessment.age_basis
-        if age is not None and basis in ("onset", "diagnosis", "now"):
-            parts.append(words.basis_age[basis].format(age=age))  # type: ignore[index]
+        if age is not None and basis is not None:
+            parts.append(words.basis_age[basis].format(age=age))
         if not parts:
             return ""
         return words.heading_line.format(heading=words.basis_heading, items=words.item_separator.join(parts))
@@ -106,7 +106,7 @@ class Facts:
         shown = state if finding.state is not State.PRESENT else f"**{state}**"
         value = self.value_shown(finding)
         dated = False
-        if finding.basis not in ("reported", "computed") and not value:
+        if finding.basis not in (Basis.REPORTED, Basis.COMPUTED) and not value:
             value = self.basis_text(finding, predictor_id)
             dated = "{date}" in self.words.basis.get(finding.basis, "")
         date = None if dated else self.fmt.date(finding.effective)
@@ -118,7 +118,7 @@ class Facts:
 
     def value_shown(self, finding: PredictorFinding) -> str:
         """The deciding value as the laboratory reported it, normalised beside (1100 pmol/L = 489.5 ng/mL)."""
-        if len(finding.sources) == 1 and finding.sources[0].value and finding.basis == "reported":
+        if len(finding.sources) == 1 and finding.sources[0].value and finding.basis is Basis.REPORTED:
             return escape_markdown(self.as_reported(finding.sources[0]))
         value = finding.value
         if value is None or isinstance(value, bool):

@@ -10,6 +10,7 @@ from typing import Any
 
 from cds_service.core.cards.context import CardContext
 from cds_service.core.cards.facts import Facts
+from fhir_mappings import Basis
 
 
 def suggest(facts: Facts, context: CardContext, card_uuid: str, predictor_ids: Iterable[str]) -> list[dict[str, Any]]:
@@ -52,7 +53,7 @@ def service_request(facts: Facts, context: CardContext, predictor_id: str) -> di
     outcomes = [facts.kb.outcomes[o].label.lower() for o in facts.kb.outcome_ids_driven_by(predictor_id)]
     lookback = predictor.rule.lookback_days
     finding = facts.finding(predictor_id)
-    if finding.basis == "no-data":
+    if finding.basis is Basis.NO_DATA:
         why = words.lookback_text.format(days=lookback) if lookback else words.lookback_unlimited_text
     else:
         why = html.unescape(facts.basis_text(finding, predictor_id).replace("\\", ""))  # plain text
