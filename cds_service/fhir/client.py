@@ -27,10 +27,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import idna
@@ -39,14 +39,14 @@ import requests
 import structlog
 from requests.adapters import HTTPAdapter
 
-DEFAULT_REQUEST_TIMEOUT = 2.0
-"""Seconds for one FHIR request (connect + read), unless the settings say otherwise."""
 FHIR_JSON = "application/fhir+json"
 _BATCH_REFUSED = frozenset({400, 403, 404, 405, 415, 422, 501})
 _MAX_REDIRECTS = 3
 _POOL_SIZE = 16
 
 Json = dict[str, Any]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class FhirError(Exception):
@@ -220,9 +220,8 @@ def _path(raw: str) -> str:
 
 
 def _refused(reason: str, message: str, where: str) -> FhirNotAllowed:
-    """Log a refusal: the reason and where, never the URL (it may name the patient). The HTTP edge counts it
-    (prefetch): this module stays free of the metrics registry, which must not be imported before ``serve`` has
-    chosen its multiprocess folder."""
+    """Log a refusal: the reason and where, never the URL (it may name the patient). The prefetch counts it, in the
+    application's metrics: this module stays free of metrics (the mappings survey of the command line uses it too)."""
     log.warning("fhir_url_refused", reason=reason, where=where)
     return FhirNotAllowed(message, reason)
 
@@ -306,19 +305,48 @@ class Deadline:
         return min(per_request, left)
 
 
-# -- shared resources (one per worker process) ---------------------------------------------------------
-
-_lock = threading.Lock()
-_pool: tuple[int, ThreadPoolExecutor] | None = None
+# -- shared resources (one per application: the Runtime owns them) -----------------------------------
 
 
-def _executor() -> ThreadPoolExecutor:
-    """A thread pool for parallel requests, created lazily in the process that uses it (safe after fork)."""
-    global _pool
-    with _lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(max_workers=_POOL_SIZE, thread_name_prefix="fhir"))
-        return _pool[1]
+class FetchPool(Executor):
+    """The threads on which an application's clients send parallel GETs (when a FHIR server refuses a batch). Made
+    with the application's runtime and shut down with it (:meth:`shutdown`); never shared between applications.
+
+    Its threads are started in the process that first uses it, and again in a child after a fork (threads do not
+    survive a fork), so a pool made before gunicorn forks works in every worker. Once shut down it refuses work
+    (:class:`RuntimeError`, as any executor)."""
+
+    def __init__(self, size: int = _POOL_SIZE) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
+        self._shut = False
+
+    @property
+    def is_shut_down(self) -> bool:
+        return self._shut
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        return self._current().submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new work and stop the threads (waiting for the requests in flight when ``wait``). Idempotent."""
+        with self._lock:
+            self._shut = True
+            executor, self._executor = self._executor, None
+            ours = self._pid == os.getpid()
+        if executor is not None and ours:  # a parent's executor, inherited by a fork, has no threads here
+            executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def _current(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("the FHIR fetch pool is shut down")
+            if self._executor is None or self._pid != os.getpid():
+                self._executor = ThreadPoolExecutor(max_workers=self._size, thread_name_prefix="fhir")
+                self._pid = os.getpid()
+            return self._executor
 
 
 def new_session() -> requests.Session:
@@ -343,10 +371,14 @@ class FhirClient:
         *,
         token: str | None,
         deadline: Deadline,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        request_timeout: float,
         max_pages: int = 10,
         max_bytes: int = 20_000_000,
+        pool: Executor | None = None,
     ) -> None:
+        """``request_timeout``: seconds for one request (``[fhir] request_timeout_seconds``), within ``deadline``.
+        ``pool``: where parallel GETs run when the server refuses a batch (the runtime's :class:`FetchPool`);
+        without one they are sent one after another."""
         self._session = session
         self.base = base_url.rstrip("/")
         """The fhirServer the call was allowed for: every request must stay under it (:meth:`ServerPolicy.admit`)."""
@@ -355,12 +387,13 @@ class FhirClient:
         self._timeout = request_timeout
         self._max_pages = max_pages
         self._max_bytes = max_bytes
+        self._pool = pool
         self.requests_sent = 0
 
     # -- public ----------------------------------------------------------------------------------------
     def get_many(self, relative_urls: Sequence[str]) -> list[Json]:
-        """Each relative URL's resource (a Bundle for searches), in order: one batch round trip, or parallel GETs
-        when the server refuses batch."""
+        """Each relative URL's resource (a Bundle for searches), in order: one batch round trip, or GETs (parallel,
+        on the client's pool) when the server refuses batch."""
         if not relative_urls:
             return []
         if len(relative_urls) == 1:
@@ -370,7 +403,9 @@ class FhirClient:
         except FhirHttpError as exc:
             if exc.status not in _BATCH_REFUSED:
                 raise
-        futures = [_executor().submit(self.get, url) for url in relative_urls]
+        if self._pool is None:
+            return [self.get(url) for url in relative_urls]
+        futures = [self._pool.submit(self.get, url) for url in relative_urls]
         return [f.result() for f in futures]
 
     def get(self, relative_or_absolute: str) -> Json:

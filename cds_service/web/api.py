@@ -25,7 +25,7 @@ from cds_service.core.cards import CardContext
 from cds_service.core.engine import Engine
 from cds_service.core.i18n import negotiate
 from cds_service.errors import BadRequest, Issue, NotFound, UnsupportedMediaType
-from cds_service.fhir.client import Deadline, FhirClient, ServerPolicy
+from cds_service.fhir.client import Deadline, FetchPool, FhirClient, ServerPolicy
 from cds_service.fhir.prefetch import Resolved, build_templates, resolve
 from cds_service.protocol import FeedbackRequest, HookRequest, PatientViewContext
 from cds_service.settings import Settings
@@ -63,6 +63,8 @@ class Runtime:
     openapi: bytes
     clock: Callable[[], datetime]
     auth: Authenticator | None
+    fetch_pool: FetchPool
+    """The threads this application's FHIR clients send parallel GETs on; shut down by :meth:`close`."""
 
     @classmethod
     def build(
@@ -106,9 +108,12 @@ class Runtime:
             openapi=orjson.dumps(document),
             clock=clock or (lambda: datetime.now(UTC)),
             auth=auth,
+            fetch_pool=FetchPool(),
         )
 
     def connect(self, fhir_server: str, token: str | None) -> FhirClient:
+        """A client for one hook call to ``fhir_server`` (checked against the allowlist first: :class:`FhirError`
+        when it is not allowed), under the ``[fhir]`` settings, on this runtime's pool."""
         fhir = self.settings.fhir
         return FhirClient(
             self.session,
@@ -118,11 +123,21 @@ class Runtime:
             request_timeout=fhir.request_timeout_seconds,
             max_pages=fhir.max_pages,
             max_bytes=fhir.max_response_bytes,
+            pool=self.fetch_pool,
         )
+
+    def close(self) -> None:
+        """Release what this runtime owns: its FHIR pool's threads (the requests in flight finish first). Later
+        parallel fetches are refused. Idempotent; other applications are not affected."""
+        self.fetch_pool.shutdown(wait=True)
 
 
 def runtime() -> Runtime:
-    found: Runtime = current_app.extensions["nxp2_cds"]
+    return runtime_of(current_app)
+
+
+def runtime_of(app: Flask) -> Runtime:
+    found: Runtime = app.extensions["nxp2_cds"]
     return found
 
 

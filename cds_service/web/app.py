@@ -48,7 +48,8 @@ def create_app(
     migrate: bool = False,
 ) -> Flask:
     """Build the WSGI application. Everything is loaded and validated here, once per process: settings, the
-    knowledge base and value sets, the database (whose schema must be current, or ``migrate=True``)."""
+    knowledge base and value sets, the database (whose schema must be current, or ``migrate=True``). The
+    application owns its FHIR pool (its runtime's); :func:`close_app` releases it."""
     try:
         settings = settings or load_settings()
         engine = engine or Engine.load(
@@ -103,6 +104,13 @@ def create_app(
     api.init_app(app, api.Runtime.build(settings, engine, store, recorder, session, clock, authenticator))
     app.register_blueprint(evidence_page.bp)
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Release what the application owns (its runtime's FHIR pool): when it will answer no more requests, e.g. a
+    worker stopping or a test done with it. What it was handed (store, recorder, session) its maker closes.
+    Idempotent; other applications in the process are not affected."""
+    api.runtime_of(app).close()
 
 
 def configure_process(settings: Settings) -> None:
