@@ -24,7 +24,7 @@ from cds_service.core.engine import Engine
 from cds_service.errors import BadRequest, Issue, PayloadTooLarge, PreconditionFailed
 from cds_service.fhir.client import FhirClient, FhirError, FhirNotAllowed, has_next_page
 from cds_service.protocol import HookRequest, PatientViewContext
-from cds_service.telemetry import metrics
+from cds_service.telemetry.metrics import Metrics
 from fhir_mappings import FindingRule
 from fhir_mappings.pruned import Originals, PrunedResources
 
@@ -95,10 +95,12 @@ def resolve(
     templates: Mapping[str, str],
     connect: Connect,
     *,
-    max_resources: int = 50_000,
+    metrics: Metrics,
+    max_resources: int,
     originals: Originals | None = None,
 ) -> Resolved:
-    """The resources of ``templates``: given in the prefetch, or fetched. ``originals`` (from
+    """The resources of ``templates``: given in the prefetch, or fetched; counted in ``metrics`` (the
+    application's). ``max_resources``: ``max_prefetch_resources`` of the settings. ``originals`` (from
     :func:`cds_service.web.decode.hook_body`) holds the original JSON of the prefetch resources that were pruned."""
     prefetch = request.prefetch or {}
     given = sum(_count(value) for key, value in prefetch.items() if key in templates)
@@ -131,8 +133,8 @@ def resolve(
                 to_page.append((key, value))
             else:
                 result.resources.append(value)
-    metrics.PREFETCH_KEYS.labels("given").inc(len(result.given))
-    metrics.PREFETCH_KEYS.labels("null").inc(len(result.empty))
+    metrics.prefetch_keys.labels("given").inc(len(result.given))
+    metrics.prefetch_keys.labels("null").inc(len(result.empty))
     if not to_fetch and not to_page:
         return result
 
@@ -153,18 +155,18 @@ def resolve(
             result.paged.append(key)
             result.resources.extend(client.follow_pages(bundle))
     except FhirError as exc:
-        metrics.FHIR_CALLS.labels(type(exc).__name__).inc()
+        metrics.fhir_calls.labels(type(exc).__name__).inc()
         if isinstance(exc, FhirNotAllowed):
-            metrics.FHIR_REFUSED.labels(exc.reason).inc()
+            metrics.fhir_refused.labels(exc.reason).inc()
         raise _unavailable(keys, str(exc)) from exc
     finally:
         if client is not None:
             result.fhir_requests = client.requests_sent
-            metrics.FHIR_REQUESTS.inc(client.requests_sent)
-        metrics.FHIR_SECONDS.observe(time.perf_counter() - started)
-    metrics.FHIR_CALLS.labels("ok").inc()
-    metrics.PREFETCH_KEYS.labels("fetched").inc(len(result.fetched))
-    metrics.PREFETCH_KEYS.labels("paged").inc(len(result.paged))
+            metrics.fhir_requests.inc(client.requests_sent)
+        metrics.fhir_seconds.observe(time.perf_counter() - started)
+    metrics.fhir_calls.labels("ok").inc()
+    metrics.prefetch_keys.labels("fetched").inc(len(result.fetched))
+    metrics.prefetch_keys.labels("paged").inc(len(result.paged))
     return result
 
 

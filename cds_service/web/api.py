@@ -32,7 +32,7 @@ from cds_service.settings import Settings
 from cds_service.store.recorder import CardRecorder
 from cds_service.store.records import IssuedCard
 from cds_service.store.store import Store
-from cds_service.telemetry import metrics
+from cds_service.telemetry.metrics import Metrics
 from cds_service.web import decode, openapi
 from cds_service.web.auth import Authenticator
 from cds_service.web.front_door import FRONT_DOOR_HEADER, front_door_attempt
@@ -63,6 +63,8 @@ class Runtime:
     openapi: bytes
     clock: Callable[[], datetime]
     auth: Authenticator | None
+    metrics: Metrics
+    """This application's collectors (``/metrics``)."""
     fetch_pool: FetchPool
     """The threads this application's FHIR clients send parallel GETs on; shut down by :meth:`close`."""
 
@@ -76,7 +78,9 @@ class Runtime:
         session: requests.Session,
         clock: Callable[[], datetime] | None = None,
         auth: Authenticator | None = None,
+        metrics: Metrics | None = None,
     ) -> Runtime:
+        """``metrics``: the application's (its authenticator counts there too); a new one when not given."""
         templates = build_templates(engine)
         discovery: dict[str, bytes] = {}
         for language in engine.languages:
@@ -108,6 +112,7 @@ class Runtime:
             openapi=orjson.dumps(document),
             clock=clock or (lambda: datetime.now(UTC)),
             auth=auth,
+            metrics=metrics or Metrics(),
             fetch_pool=FetchPool(),
         )
 
@@ -167,8 +172,9 @@ def _log_request(response: Response) -> Response:
     service_id = (request.view_args or {}).get("service_id")
     seconds = time.perf_counter() - g.get("started", time.perf_counter())
     if rule not in _UNCOUNTED:
-        metrics.REQUESTS.labels(rule, request.method, str(response.status_code)).inc()
-        metrics.REQUEST_SECONDS.labels(rule).observe(seconds)
+        metrics = runtime().metrics
+        metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
+        metrics.request_seconds.labels(rule).observe(seconds)
     log.info(
         "request",
         method=request.method,
@@ -324,7 +330,7 @@ def database_required_for_readiness(rt: Runtime) -> bool:
 
 @docs.get("/metrics")
 def metrics_endpoint() -> Response:
-    body, content_type = metrics.render()
+    body, content_type = runtime().metrics.render()
     return Response(body, content_type=content_type)
 
 
@@ -349,6 +355,7 @@ def service(service_id: str) -> Response:
         context,
         rt.templates,
         rt.connect,
+        metrics=rt.metrics,
         max_resources=rt.settings.max_prefetch_resources,
         originals=body.originals,
     )
@@ -374,7 +381,7 @@ def service(service_id: str) -> Response:
         rt.recorder.submit([IssuedCard.from_card(card, service_id=SERVICE_ID, issued_at=at) for card in cards])
         for card in cards:
             extension = card["extension"][EXTENSION_KEY]
-            metrics.CARDS.labels(extension["outcome"] or extension["cardType"], card["indicator"]).inc()
+            rt.metrics.cards.labels(extension["outcome"] or extension["cardType"], card["indicator"]).inc()
     findings = assessment.findings
     g.log_fields.update(
         resources_seen=findings.resources_seen,
@@ -383,7 +390,7 @@ def service(service_id: str) -> Response:
         decision=assessment.decision,
         cards=[card["indicator"] for card in cards],
     )
-    metrics.DECISIONS.labels(assessment.decision).inc()
+    rt.metrics.decisions.labels(assessment.decision).inc()
     response = json_response({"cards": cards})
     response.vary.add("Accept-Language")
     return response
@@ -397,8 +404,8 @@ def feedback(service_id: str) -> Response:
     items = _validate(FeedbackRequest, _json_body()).feedback
     result = rt.store.record_feedback(SERVICE_ID, items, rt.clock())
     for item in items:
-        metrics.FEEDBACK.labels(item.outcome).inc()
-    metrics.FEEDBACK_DUPLICATES.inc(result.duplicates)
+        rt.metrics.feedback.labels(item.outcome).inc()
+    rt.metrics.feedback_duplicates.inc(result.duplicates)
     g.log_fields.update(feedback_received=len(items), feedback_stored=result.stored)
     return json_response({"received": len(items), "stored": result.stored, "duplicates": result.duplicates})
 

@@ -20,6 +20,7 @@ from cds_service.store.database import StoreError
 from cds_service.store.spool import spooling_recorder
 from cds_service.store.store import Store
 from cds_service.telemetry import logs
+from cds_service.telemetry.metrics import Metrics
 from cds_service.web import api, evidence_page
 from cds_service.web.auth import Authenticator
 
@@ -49,7 +50,8 @@ def create_app(
 ) -> Flask:
     """Build the WSGI application. Everything is loaded and validated here, once per process: settings, the
     knowledge base and value sets, the database (whose schema must be current, or ``migrate=True``). The
-    application owns its FHIR pool (its runtime's); :func:`close_app` releases it."""
+    application owns its metrics and its FHIR pool (its runtime's); nothing process-wide is changed.
+    :func:`close_app` releases them."""
     try:
         settings = settings or load_settings()
         engine = engine or Engine.load(
@@ -59,8 +61,9 @@ def create_app(
         raise StartupError(str(exc)) from exc
     session = session or new_session()
     store = store or Store(settings.database_url, settings.database)
+    metrics = Metrics()
     try:
-        authenticator = Authenticator(settings.auth, replay_store=store, session=session)
+        authenticator = Authenticator(settings.auth, replay_store=store, session=session, metrics=metrics)
     except ValueError as exc:
         raise StartupError(f"auth: {exc}") from exc
     log = structlog.get_logger("nxp2_cds")
@@ -101,7 +104,7 @@ def create_app(
         max_age=86400,
     )
     errors.init_app(app)
-    api.init_app(app, api.Runtime.build(settings, engine, store, recorder, session, clock, authenticator))
+    api.init_app(app, api.Runtime.build(settings, engine, store, recorder, session, clock, authenticator, metrics))
     app.register_blueprint(evidence_page.bp)
     return app
 

@@ -42,7 +42,7 @@ from jwt import PyJWK
 
 from cds_service.errors import Unauthorized
 from cds_service.settings import AuthSettings, IssuerSettings
-from cds_service.telemetry import metrics
+from cds_service.telemetry.metrics import Metrics
 
 log = structlog.get_logger("nxp2_cds.auth")
 
@@ -98,9 +98,11 @@ class JwksCache:
         *,
         timeout: float,
         ttl: float,
+        metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
+        self._metrics = metrics
         self._timeout = timeout
         self._ttl = ttl
         self._clock = clock
@@ -132,13 +134,13 @@ class JwksCache:
         try:
             keys = _keys_by_kid(orjson.loads(self._fetch(url)))
         except _FetchFailure as failure:
-            _fetch_failed(failure.cause, status=failure.status)
+            _fetch_failed(self._metrics, failure.cause, status=failure.status)
             return None
         except requests.RequestException as exc:
-            _fetch_failed("network", error=type(exc).__name__)
+            _fetch_failed(self._metrics, "network", error=type(exc).__name__)
             return None
         except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
-            _fetch_failed("not-a-jwk-set", error=type(exc).__name__)
+            _fetch_failed(self._metrics, "not-a-jwk-set", error=type(exc).__name__)
             return None
         entry = (self._clock(), keys)
         with self._lock:
@@ -169,11 +171,11 @@ class _FetchFailure(Exception):
         self.status = status
 
 
-def _fetch_failed(cause: str, **fields: Any) -> None:
+def _fetch_failed(metrics: Metrics, cause: str, **fields: Any) -> None:
     """Log and count a failed JWKS fetch (``cause``: network, status, too-large, not-a-jwk-set); never the URL's
     answer itself."""
     log.warning("auth.jwks_fetch_failed", cause=cause, **fields)
-    metrics.JWKS_FETCH_FAILURES.labels(cause).inc()
+    metrics.jwks_fetch_failures.labels(cause).inc()
 
 
 def _keys_by_kid(document: Any) -> dict[str, PyJWK]:
@@ -218,16 +220,21 @@ class Authenticator:
         *,
         replay_store: ReplayStore,
         session: requests.Session,
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``metrics``: the application's, where refused tokens and failed JWKS fetches are counted."""
         self._settings = settings
+        self._metrics = metrics
         self._issuers: Mapping[str, IssuerSettings] = {i.iss: i for i in settings.issuers}
         pinned = {i.iss: pinned_keys(i) for i in settings.issuers}
         self._static = {iss: keys for iss, keys in pinned.items() if keys is not None}
         self._algorithms = frozenset(settings.algorithms)
         self._replays = replay_store
         self._clock = clock
-        self._jwks = JwksCache(session, timeout=settings.jwks_timeout_seconds, ttl=settings.jwks_cache_seconds)
+        self._jwks = JwksCache(
+            session, timeout=settings.jwks_timeout_seconds, ttl=settings.jwks_cache_seconds, metrics=metrics
+        )
 
     @property
     def required(self) -> bool:
@@ -241,7 +248,7 @@ class Authenticator:
             return self._verify(authorization, audience, attempt)
         except AuthFailure as failure:
             log.warning("auth.rejected", reason=failure.reason)
-            metrics.AUTH_FAILURES.labels(failure.reason).inc()
+            self._metrics.auth_failures.labels(failure.reason).inc()
             raise Unauthorized("Authentication failed.", headers={"WWW-Authenticate": WWW_AUTHENTICATE}) from None
 
     def _verify(self, authorization: str | None, audience: str, attempt: str | None = None) -> ClientIdentity:

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from prometheus_client import REGISTRY
 from pytest_httpserver import HTTPServer
 
 from cds_service.fhir.client import ServerPolicy
 from tests.builders import PID, condition, hook_request, patient, searchset
 from tests.http_support import SERVICE_URL, AppFactory
 from tests.synthetic_patients import nxp2_positive
+from tests.telemetry.every_registry import REGISTRY
 
 TOKEN = "hospital-token"
 

@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from jwt.algorithms import ECAlgorithm
-from prometheus_client import REGISTRY
 from pytest_httpserver import HTTPServer
 
 import cds_service.fhir.prefetch
@@ -33,6 +32,7 @@ from cds_service.web.auth import MAX_JWKS_BYTES
 from tests.builders import condition, hook_request, patient
 from tests.http_support import FEEDBACK_URL, SERVICE_URL, AppFactory
 from tests.synthetic_patients import nxp2_positive
+from tests.telemetry.every_registry import REGISTRY
 
 PUBLIC = "https://cds.example.org"
 SERVICE_AUD = PUBLIC + SERVICE_URL
