@@ -14,6 +14,10 @@ import orjson
 from pydantic import ValidationError
 
 from cds_service.cli.common import engine_or_fail, fail, settings_or_fail
+from cds_service.cli.db import feedback, migrate
+from cds_service.cli.evidence import evidence
+from cds_service.cli.kit import call, demo, keys
+from cds_service.cli.mappings import mappings
 from cds_service.core.cards import CardContext
 from cds_service.protocol import HookRequest, PatientViewContext
 from cds_service.settings import Settings
@@ -177,17 +181,8 @@ def _serve(
     )
 
 
-def _register_commands() -> None:
-    from cds_service.cli.db import feedback, migrate
-    from cds_service.cli.evidence import evidence
-    from cds_service.cli.kit import call, demo, keys
-    from cds_service.cli.mappings import mappings
-
-    for command in (migrate, feedback, evidence, keys, call, demo, mappings):
-        main.add_command(command)
-
-
-_register_commands()
+for _command in (migrate, feedback, evidence, keys, call, demo, mappings):
+    main.add_command(_command)
 
 
 def is_loopback(host: str) -> bool:
