@@ -88,6 +88,12 @@ class Hook:
         """POST ``document`` (any JSON) to the service as it is."""
         return self.client.post(url, json=document, headers=dict(headers or {}))
 
+    def send_bytes(
+        self, body: bytes, *, content_type: str = "application/json", headers: Mapping[str, str] | None = None
+    ) -> TestResponse:
+        """POST ``body`` to the service byte for byte."""
+        return self.client.post(SERVICE_URL, data=body, content_type=content_type, headers=dict(headers or {}))
+
     def cards(self, *resources: Json, headers: Mapping[str, str] | None = None, **request: Any) -> list[Json]:
         """The cards the service answers for this chart (the call must answer 200)."""
         response = self.call(*resources, headers=headers, **request)

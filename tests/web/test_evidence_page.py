@@ -12,9 +12,8 @@ from selenium.webdriver.common.by import By
 from cds_service.core.engine import Engine
 from cds_service.core.knowledge import KnowledgeBase
 from tests.browser import ARTIFACTS, browser_or_skip, chromium, serve
-from tests.builders import condition, hook_request, patient
-from tests.http_support import SERVICE_URL, AppFactory
-from tests.synthetic_patients import nxp2_positive
+from tests.http_support import AppFactory, Hook
+from tests.synthetic_patients import edema_chart
 
 GUARDED = {"mode": "required", "issuers": [{"iss": "https://ehr.example.org", "jwks_url": "https://ehr.example.org/j"}]}
 
@@ -62,10 +61,7 @@ def test_plots_have_one_mark_per_row(guarded: Flask, knowledge: KnowledgeBase) -
 def test_cards_link_to_the_page_with_the_public_url(make_app: AppFactory) -> None:
     """Every card links (type absolute) to the evidence page under the configured public base URL."""
     app = make_app(public_base_url="https://cds.example.org/nxp2")
-    cards = app.test_client().post(
-        SERVICE_URL, json=hook_request([patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")])
-    )
-    links = [link for card in cards.get_json()["cards"] for link in card["links"]]
+    links = [link for card in Hook(app).cards(*edema_chart()) for link in card["links"]]
     assert [(link["url"], link["type"]) for link in links] == [
         ("https://cds.example.org/nxp2/evidence#refractory", "absolute"),
         ("https://cds.example.org/nxp2/evidence#gi_perforation_death", "absolute"),

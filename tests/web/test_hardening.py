@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.builders import condition, hook_request, obs, patient, qty, searchset
-from tests.http_support import SERVICE_URL, AppFactory
+from tests.http_support import AppFactory, Hook
 from tests.synthetic_patients import nxp2_positive
 
 
@@ -16,21 +16,17 @@ def nested(depth: int) -> Any:
     return value
 
 
-def test_json_nested_beyond_the_parser_limit_is_400(make_app: AppFactory) -> None:
+def test_json_nested_beyond_the_parser_limit_is_400(hook: Hook) -> None:
     """A body nested thousands of levels deep is refused with 400."""
     body = b'{"hook":"patient-view","context":' + b"[" * 5000 + b"]" * 5000 + b"}"
-    response = make_app().test_client().post(SERVICE_URL, data=body, content_type="application/json")
+    response = hook.send_bytes(body)
     assert response.status_code == 400
 
 
-def test_deeply_nested_resource_is_skipped_not_fatal(make_app: AppFactory) -> None:
+def test_deeply_nested_resource_is_skipped_not_fatal(hook: Hook) -> None:
     """A matching Observation nested far deeper than any FHIR resource is skipped; the call still succeeds."""
     deep = obs("2276-4", **qty(900, "ng/mL")) | {"extension": [nested(60)]}
-    response = (
-        make_app()
-        .test_client()
-        .post(SERVICE_URL, json=hook_request([patient(), nxp2_positive(), condition("M33.00"), deep]))
-    )
+    response = hook.call(patient(), nxp2_positive(), condition("M33.00"), deep)
     assert response.status_code == 200
     extension = response.get_json()["cards"][0]["extension"]["nxp2-cds.assessment"]
     assert extension["counts"]["skipped"].get("too-deep") == 1
@@ -41,28 +37,30 @@ def test_too_many_prefetch_resources_is_413(make_app: AppFactory) -> None:
     app = make_app(max_prefetch_resources=20)
     document = hook_request([patient()])
     document["prefetch"]["observations"] = searchset(*[obs("8867-4", **qty(80, "/min")) for _ in range(21)])
-    assert app.test_client().post(SERVICE_URL, json=document).status_code == 413
+    assert Hook(app).send(document).status_code == 413
 
 
-def test_invalid_utf8_is_400(make_app: AppFactory) -> None:
+def test_invalid_utf8_is_400(hook: Hook) -> None:
     """A body that is not valid UTF-8 is refused with 400."""
-    response = make_app().test_client().post(SERVICE_URL, data=b'{"hook": "\xff\xfe"}', content_type="application/json")
+    response = hook.send_bytes(b'{"hook": "\xff\xfe"}')
     assert response.status_code == 400
 
 
-def test_nan_literal_is_400(make_app: AppFactory) -> None:
+def test_nan_literal_is_400(hook: Hook) -> None:
     """JSON extensions such as NaN are not JSON: 400."""
-    response = make_app().test_client().post(SERVICE_URL, data=b'{"hook": NaN}', content_type="application/json")
+    response = hook.send_bytes(b'{"hook": NaN}')
     assert response.status_code == 400
 
 
-def test_huge_numbers_do_not_crash(make_app: AppFactory) -> None:
+def test_huge_numbers_do_not_crash(hook: Hook) -> None:
     """An Observation value of 1e308 (or an integer with 400 digits) is handled without an error."""
-    document = hook_request([patient(), nxp2_positive(), condition("M33.00"), obs("2276-4", **qty(1e308, "ng/mL"))])
-    assert make_app().test_client().post(SERVICE_URL, json=document).status_code == 200
+    assert (
+        hook.call(patient(), nxp2_positive(), condition("M33.00"), obs("2276-4", **qty(1e308, "ng/mL"))).status_code
+        == 200
+    )
     body = (
         b'{"hook":"patient-view","hookInstance":"x","context":{"userId":"Practitioner/1","patientId":"p"},'
         b'"prefetch":{"observations":{"resourceType":"Observation","value":' + b"9" * 400 + b"}}}"
     )
-    response = make_app().test_client().post(SERVICE_URL, data=body, content_type="application/json")
+    response = hook.send_bytes(body)
     assert response.status_code < 500

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 
 from cds_service.store.store import Store
-from tests.builders import condition, hook_request, patient, searchset
-from tests.http_support import FEEDBACK_URL, SERVICE_URL, AppFactory, runtime_of
-from tests.synthetic_patients import nxp2_positive
+from tests.builders import condition, hook_request, searchset
+from tests.http_support import AppFactory, Feedback, Hook, runtime_of
+from tests.synthetic_patients import edema_chart
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -74,16 +72,15 @@ def moved(make_app: AppFactory, httpserver: HTTPServer) -> tuple[Samples, Sample
     guarded = make_app(auth={"mode": "required", "issuers": [{"iss": "x", "jwks_url": "https://x.example/j"}]})
     before = scrape(app)
     client = app.test_client()
-    chart = [patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")]
-    cards: list[dict[str, Any]] = client.post(SERVICE_URL, json=hook_request(chart)).get_json()["cards"]
+    hook, feedback = Hook(client), Feedback(client)
+    cards = hook.cards(*edema_chart())
     httpserver.expect_request("/fhir/Condition").respond_with_json(searchset(condition("M33.00"), condition("R60.0")))
-    fallback = hook_request(chart) | {"fhirServer": base}
+    fallback = hook_request(edema_chart()) | {"fhirServer": base}
     del fallback["prefetch"]["conditions"]
-    assert client.post(SERVICE_URL, json=fallback).status_code == 200
-    item = {"card": cards[0]["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-24T12:00:00Z"}
+    assert hook.send(fallback).status_code == 200
     for _ in range(2):
-        assert client.post(FEEDBACK_URL, json={"feedback": [item]}).status_code == 200
-    assert guarded.test_client().post(SERVICE_URL, json=hook_request(chart)).status_code == 401
+        assert feedback.post(cards[0]["uuid"], outcomeTimestamp="2026-11-24T12:00:00Z").status_code == 200
+    assert Hook(guarded).call(*edema_chart()).status_code == 401
     return before, scrape(app)
 
 
