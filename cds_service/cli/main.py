@@ -164,7 +164,7 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
 def _serve(
     nginx: str | None, host: str, port: int, workers: int | None, threads: int | None, settings: Settings
 ) -> None:
-    from cds_service.server.supervisor import free_port, serve_behind_nginx, serve_gunicorn_alone
+    from cds_service.server.supervisor import free_port, serve
 
     if nginx is not None and port == 0:  # nginx cannot tell which port it got: choose one
         port = free_port(host)
@@ -172,13 +172,7 @@ def _serve(
     front = "nginx in front of gunicorn" if nginx else "gunicorn alone"
     click.echo(f"nxp2-cds: serving CDS Hooks on http://{host}:{port}/cds-services ({front})", err=True)
     body, level = settings.max_body_bytes, settings.log_level
-    if nginx is None:
-        sys.exit(
-            serve_gunicorn_alone(host, port, workers, threads, settings.server, max_body_bytes=body, log_level=level)
-        )
-    sys.exit(
-        serve_behind_nginx(nginx, host, port, workers, threads, settings.server, max_body_bytes=body, log_level=level)
-    )
+    sys.exit(serve(nginx, host, port, workers, threads, settings.server, max_body_bytes=body, log_level=level))
 
 
 for _command in (migrate, feedback, evidence, keys, call, demo, mappings):

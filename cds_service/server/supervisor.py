@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import grp
 import io
 import os
@@ -662,12 +661,6 @@ def serve(
         host, port, runtime, server, max_body_bytes=max_body_bytes, unix_socket=unix_socket, secret=secret
     )
     return Supervisor(nginx, runtime, options, limits, server, config, secret).run()
-
-
-serve_behind_nginx = serve
-"""nginx on ``host``:``port`` in front of gunicorn: :func:`serve` given nginx's executable."""
-serve_gunicorn_alone = functools.partial(serve, None)
-"""gunicorn alone on ``host``:``port`` (development only): :func:`serve` without nginx."""
 
 
 def free_port(host: str) -> int:
