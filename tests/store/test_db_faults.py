@@ -39,17 +39,16 @@ from cds_service.store.replays import MemoryReplays
 from cds_service.store.spool import CardSpool, SpoolingCardRecorder, spool_directory, spooling_recorder
 from cds_service.store.store import Store
 from cds_service.web.app import StartupError, create_app
-from tests.builders import AT, condition, hook_request, patient
-from tests.http_support import FEEDBACK_URL, SERVICE_URL, runtime_of
+from tests.builders import AT
+from tests.http_support import SERVICE_URL, Feedback, Hook, runtime_of
 from tests.server_process import free_port
-from tests.synthetic_patients import nxp2_positive
+from tests.synthetic_patients import edema_chart
 
 FAST = {"statement_timeout_seconds": 0.2, "readiness_timeout_seconds": 0.5}
 """Small time bounds, so that a locked SQLite file fails a write in 0.2 s."""
 PUBLIC = "https://cds.example.org"
 EHR = "https://ehr.example.org"
-CHART = [patient(), nxp2_positive(), condition("M33.00"), condition("R60.0")]
-FEEDBACK_ITEM = {"card": "card-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-24T12:05:00Z"}
+CHART = edema_chart()
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(minutes=5)
 
@@ -299,7 +298,7 @@ def test_feedback_answers_503_with_retry_after_while_the_database_is_locked(
     url, _ = locked
     app = service(url, migrate=False)
     started = time.monotonic()
-    response = app.test_client().post(FEEDBACK_URL, json={"feedback": [FEEDBACK_ITEM]})
+    response = Feedback(app).post("card-1")
     elapsed = time.monotonic() - started
     outcome = response.get_json()
     assert (response.status_code, response.headers["Retry-After"], response.mimetype) == (
@@ -316,10 +315,10 @@ def test_feedback_is_stored_again_once_the_database_returns(
 ) -> None:
     """After the lock is released, feedback is answered 200 again within a few seconds, and it is in the database."""
     url, lock = locked
-    client = service(url, migrate=False).test_client()
-    assert client.post(FEEDBACK_URL, json={"feedback": [FEEDBACK_ITEM]}).status_code == 503
+    feedback = Feedback(service(url, migrate=False))
+    assert feedback.post("card-1").status_code == 503
     lock.release()
-    assert wait_until(lambda: client.post(FEEDBACK_URL, json={"feedback": [FEEDBACK_ITEM]}).status_code == 200, 5)
+    assert wait_until(lambda: feedback.post("card-1").status_code == 200, 5)
     assert count(url, "feedback") == 1
 
 
@@ -338,12 +337,12 @@ def test_hook_calls_answer_with_cards_while_the_database_is_locked(
         public_base_url=PUBLIC,
         auth={"mode": "required", "issuers": [{"iss": EHR, "jwks_file": str(jwks)}]},
     )
-    client = app.test_client()
+    hook = Hook(app)
     uuids: list[str] = []
     for n in range(10):
         token = key.token(iss=EHR, aud=PUBLIC + SERVICE_URL)
-        body = hook_request(CHART, hook_instance=f"00000000-0000-4000-8000-{n:012d}")
-        response = client.post(SERVICE_URL, json=body, headers={"Authorization": f"Bearer {token}"})
+        instance = f"00000000-0000-4000-8000-{n:012d}"
+        response = hook.call(*CHART, hook_instance=instance, headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
         uuids += [c["uuid"] for c in response.get_json()["cards"]]
     lock.release()
@@ -365,9 +364,7 @@ def test_refuse_mode_answers_hook_calls_503_during_an_outage(service: Callable[.
         database={"replay_fallback": "refuse"},
     )
     token = key.token(iss=EHR, aud=PUBLIC + SERVICE_URL)
-    response = app.test_client().post(
-        SERVICE_URL, json=hook_request(CHART), headers={"Authorization": f"Bearer {token}"}
-    )
+    response = Hook(app).call(*CHART, headers={"Authorization": f"Bearer {token}"})
     assert (response.status_code, response.headers.get("Retry-After"), response.get_json()["resourceType"]) == (
         503,
         "5",
@@ -449,7 +446,7 @@ def test_readyz_is_not_ready_when_replay_checks_are_refused_during_an_outage(
 def test_a_worker_starts_while_the_database_is_unreachable(service: Callable[..., Flask]) -> None:
     """A worker (re)started during an outage builds its app and serves hooks; /readyz reports the database."""
     client = service(refused_url(), migrate=False).test_client()
-    hook = client.post(SERVICE_URL, json=hook_request(CHART))
+    hook = Hook(client).call(*CHART)
     ready = client.get("/readyz")
     assert (hook.status_code, len(hook.get_json()["cards"]), ready.get_json()["checks"]["database"]) == (200, 2, False)
 
