@@ -70,7 +70,13 @@ def moved(make_app: AppFactory, httpserver: HTTPServer) -> tuple[Samples, Sample
     base = httpserver.url_for("/fhir")
     app = make_app(fhir={"allowed_servers": [base], "allow_http": True})
     guarded = make_app(auth={"mode": "required", "issuers": [{"iss": "x", "jwks_url": "https://x.example/j"}]})
-    before = scrape(app)
+
+    def both() -> Samples:
+        """The app's samples, and the authentication failures counted by ``guarded`` (which refuses the token)."""
+        refused = {key: value for key, value in scrape(guarded).items() if key[0] == "nxp2_cds_auth_failures_total"}
+        return scrape(app) | refused
+
+    before = both()
     client = app.test_client()
     hook, feedback = Hook(client), Feedback(client)
     cards = hook.cards(*edema_chart())
@@ -81,7 +87,7 @@ def moved(make_app: AppFactory, httpserver: HTTPServer) -> tuple[Samples, Sample
     for _ in range(2):
         assert feedback.post(cards[0]["uuid"], outcomeTimestamp="2026-11-24T12:00:00Z").status_code == 200
     assert Hook(guarded).call(*edema_chart()).status_code == 401
-    return before, scrape(app)
+    return before, both()
 
 
 def test_request_counter_moves(moved: tuple[Samples, Samples]) -> None:
