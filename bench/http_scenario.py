@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import requests
 
 from bench import workload
 from bench.apps import PARSE_ROUTE
+from bench.loopback import started
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "/cds-services/nxp2-jdm-risk"
@@ -45,34 +45,19 @@ class Served:
 
 @contextmanager
 def server(kind: str = "hook", *, workers: int | None = None, threads: int | None = None) -> Iterator[Served]:
-    """bench.servers on a free loopback port until the block ends; stopped by its PID (bounded waits)."""
+    """bench.servers on a free loopback port until the block ends; stopped by its PID (bounded waits,
+    bench.loopback.started)."""
     port = free_port()
     metrics = tempfile.mkdtemp(prefix="nxp2-bench-metrics-")
     env = os.environ | {"BENCH_LOG_LEVEL": "INFO", "PROMETHEUS_MULTIPROC_DIR": metrics}
     command = [sys.executable, "-m", "bench.servers", kind, "--port", str(port)]
     command += [f"--workers={workers}"] if workers else []
     command += [f"--threads={threads}"] if threads else []
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/cds-services", timeout=2).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{kind} server did not start")
-            time.sleep(0.2)
-        yield Served(url, process.pid)
+        with started(command, ready_url=url + "/cds-services", what=f"{kind} server", cwd=ROOT, env=env) as process:
+            yield Served(url, process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
         shutil.rmtree(metrics, ignore_errors=True)
 
 

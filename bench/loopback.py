@@ -1,7 +1,7 @@
 """Loopback tools of the front-door bench (bench/front_door.py) and the front-door fault tests (tests/faults/):
 hostile connections (slow, half-sent, silent), a well-behaved client that calls the hook at a fixed rate and times
-each call, and a server process started and stopped by its PID. Loopback only; every loop is bounded in time and
-count."""
+each call, and a server process started and stopped by its PID (also the HTTP scenario's, bench/http_scenario.py).
+Loopback only; every loop is bounded in time and count."""
 
 from __future__ import annotations
 

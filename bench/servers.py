@@ -7,18 +7,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
+from cds_service.server.supervisor import (
+    ConfiguredApplication,
+    gunicorn_options,
+    limit_malloc_arenas,
+    prepare_metrics_directory,
+)
 
 
-class BenchServer(BaseApplication):  # type: ignore[misc]
+class BenchServer(ConfiguredApplication):
     def __init__(self, kind: str, options: dict[str, Any]) -> None:
         self.kind = kind
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
+        super().__init__(options)
 
     def load(self) -> Any:
         from bench.apps import gunicorn_app
@@ -33,8 +33,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--threads", type=int)
     args = parser.parse_args()
-    from cds_service.server.supervisor import gunicorn_options, limit_malloc_arenas, prepare_metrics_directory
-
     prepare_metrics_directory()  # as `nxp2-cds serve`: before anything imports prometheus_client
     limit_malloc_arenas()
     BenchServer(args.kind, gunicorn_options("127.0.0.1", args.port, args.workers, args.threads)).run()

@@ -211,15 +211,23 @@ class Limits:
     retry_after_seconds: int
 
 
-class _Application(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints, so its base is Any
-    def __init__(self, options: Mapping[str, Any], limits: Limits | None = None) -> None:
+class ConfiguredApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints: its base is Any
+    """gunicorn run with the settings ``options`` (those of gunicorn_options); a subclass's ``load`` returns the
+    WSGI application each worker serves."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
         self._options = dict(options)
-        self._limits = limits
         super().__init__()
 
     def load_config(self) -> None:
         for key, value in self._options.items():
             self.cfg.set(key, value)
+
+
+class _Application(ConfiguredApplication):
+    def __init__(self, options: Mapping[str, Any], limits: Limits | None = None) -> None:
+        self._limits = limits
+        super().__init__(options)
 
     def load(self) -> Any:
         # here, not at the top: prometheus_client reads PROMETHEUS_MULTIPROC_DIR when it is first imported
