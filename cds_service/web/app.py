@@ -21,8 +21,9 @@ from cds_service.store.spool import spooling_recorder
 from cds_service.store.store import Store
 from cds_service.telemetry import logs
 from cds_service.telemetry.metrics import Metrics
-from cds_service.web import api, evidence_page
+from cds_service.web import api, evidence_page, middleware, ops
 from cds_service.web.auth import Authenticator
+from cds_service.web.runtime import Runtime, runtime_of
 
 if TYPE_CHECKING:
     import requests
@@ -50,8 +51,8 @@ def create_app(
 ) -> Flask:
     """Build the WSGI application. Everything is loaded and validated here, once per process: settings, the
     knowledge base and value sets, the database (whose schema must be current, or ``migrate=True``). The
-    application owns its metrics and its FHIR pool (its runtime's); nothing process-wide is changed.
-    :func:`close_app` releases them."""
+    application owns its metrics and its FHIR pool (its :class:`~cds_service.web.runtime.Runtime`); nothing
+    process-wide is changed. :func:`close_app` releases them."""
     try:
         settings = settings or load_settings()
         engine = engine or Engine.load(
@@ -104,7 +105,10 @@ def create_app(
         max_age=86400,
     )
     errors.init_app(app)
-    api.init_app(app, api.Runtime.build(settings, engine, store, recorder, session, clock, authenticator, metrics))
+    Runtime.build(settings, engine, store, recorder, session, clock, authenticator, metrics).install(app)
+    middleware.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
     app.register_blueprint(evidence_page.bp)
     return app
 
@@ -113,7 +117,7 @@ def close_app(app: Flask) -> None:
     """Release what the application owns (its runtime's FHIR pool): when it will answer no more requests, e.g. a
     worker stopping or a test done with it. What it was handed (store, recorder, session) its maker closes.
     Idempotent; other applications in the process are not affected."""
-    api.runtime_of(app).close()
+    runtime_of(app).close()
 
 
 def configure_process(settings: Settings) -> None:

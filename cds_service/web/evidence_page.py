@@ -19,6 +19,7 @@ from cds_service.contracts import VERSION
 from cds_service.core.i18n import negotiate
 from cds_service.core.knowledge import KnowledgeBase, Outcome, Row
 from cds_service.evidence.statistics import Verification, verify
+from cds_service.web.runtime import runtime
 
 bp = Blueprint("evidence", __name__, template_folder="templates")
 
@@ -172,8 +173,7 @@ def render(
 def page() -> Response:
     """The evidence page in the language ``?lang=`` names, else the one ``Accept-Language`` asks for, else the
     site's; rendered once per language."""
-    rt = current_app.extensions["nxp2_cds"]
-    engine = rt.engine
+    engine = runtime().engine
     asked = request.args.get("lang", "")
     language: str = (
         asked
