@@ -1,24 +1,31 @@
 """The application factory (cds_service/web/app.py) changes nothing process-wide: two apps in one process do not
-interfere, and what belongs to the process (logging, the garbage collector) is set by whoever serves."""
+interfere (each has its own FHIR pool and metrics, closed or counted apart), and what belongs to the process
+(logging, the garbage collector) is set by whoever serves."""
 
 from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
+from prometheus_client.parser import text_string_to_metric_families
+from pytest_httpserver import HTTPServer
 
 from cds_service.contracts import EXTENSION_KEY
 from cds_service.settings import load_settings
 from cds_service.store.recorder import CardRecorder
 from cds_service.store.schema import issued_cards
 from cds_service.store.store import Store
-from cds_service.web.app import create_app
-from tests.builders import AT, hook_request
+from cds_service.telemetry.metrics import MULTIPROC_ENV
+from cds_service.web.app import close_app, create_app
+from cds_service.web.runtime import runtime_of
+from tests.builders import AT, condition, hook_request, patient, searchset
 from tests.http_support import SERVICE_URL
-from tests.synthetic_patients import CASES
+from tests.synthetic_patients import CASES, nxp2_positive
 
 
 def build(tmp_path: Path, name: str, **overrides: object) -> tuple[Flask, Store, CardRecorder]:
@@ -71,3 +78,94 @@ def test_two_apps_in_one_process_answer_each_by_its_own_settings(tmp_path: Path)
         chinese_recorder.close()
         english_store.dispose()
         chinese_store.dispose()
+
+
+# -- what each application owns: its FHIR pool and its metrics --------------------------------------------------------
+
+FHIR_PATH = "/fhir"
+HOOK_ROUTE = "/cds-services/<service_id>"
+
+
+@pytest.fixture
+def two_apps(tmp_path: Path, httpserver: HTTPServer) -> Iterator[tuple[Flask, Flask]]:
+    """Two apps in this process, both allowed to fetch from the test FHIR server; closed and disposed afterwards."""
+    fhir = {"allowed_servers": [httpserver.url_for(FHIR_PATH)], "allow_http": True}
+    first, first_store, first_recorder = build(tmp_path, "first", fhir=fhir)
+    second, second_store, second_recorder = build(tmp_path, "second", fhir=fhir)
+    yield first, second
+    for app, store, recorder in ((first, first_store, first_recorder), (second, second_store, second_recorder)):
+        close_app(app)
+        recorder.close()
+        store.dispose()
+
+
+def fallback_request(httpserver: HTTPServer) -> dict[str, object]:
+    """A hook call whose prefetch lacks the observations and the conditions, from a FHIR server that refuses batch:
+    the two searches are sent as parallel GETs, on the app's FHIR pool."""
+    refused = {"resourceType": "OperationOutcome"}
+    httpserver.expect_request(FHIR_PATH, method="POST").respond_with_json(refused, status=405)
+    httpserver.expect_request(f"{FHIR_PATH}/Observation").respond_with_json(searchset(nxp2_positive()))
+    httpserver.expect_request(f"{FHIR_PATH}/Condition").respond_with_json(searchset(condition("M33.00")))
+    document = hook_request([patient()]) | {"fhirServer": httpserver.url_for(FHIR_PATH)}
+    del document["prefetch"]["observations"], document["prefetch"]["conditions"]
+    return document
+
+
+def hook_calls_counted(app: Flask) -> float:
+    """The app's /metrics count of hook calls answered 200 (0 when absent)."""
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "nxp2_cds_http_requests_total"
+        and sample.labels == {"route": HOOK_ROUTE, "method": "POST", "status": "200"}
+    )
+
+
+def test_two_apps_have_separate_fhir_pools(two_apps: tuple[Flask, Flask]) -> None:
+    """Each app's runtime owns a FHIR pool of its own, made with it and open."""
+    first, second = (runtime_of(app).fetch_pool for app in two_apps)
+    assert first is not second
+    assert (first.is_shut_down, second.is_shut_down) == (False, False)
+
+
+def test_closing_an_app_shuts_its_fhir_pool(two_apps: tuple[Flask, Flask]) -> None:
+    """close_app shuts the app's FHIR pool: it takes no more work."""
+    app, _ = two_apps
+    close_app(app)
+    pool = runtime_of(app).fetch_pool
+    assert pool.is_shut_down
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.submit(int)
+
+
+def test_closing_one_app_leaves_the_others_fhir_fetches_working(
+    two_apps: tuple[Flask, Flask], httpserver: HTTPServer
+) -> None:
+    """After one app is closed, the other still fetches missing prefetch with parallel GETs on its own pool."""
+    closed, serving = two_apps
+    close_app(closed)
+    response = serving.test_client().post(SERVICE_URL, json=fallback_request(httpserver))
+    assert response.status_code == 200
+    gets = sorted(request.path for request, _ in httpserver.log if request.method == "GET")
+    assert gets == [f"{FHIR_PATH}/Condition", f"{FHIR_PATH}/Observation"]
+
+
+def test_two_apps_have_separate_metrics_registries(two_apps: tuple[Flask, Flask]) -> None:
+    """Each app's runtime holds metrics with a registry of its own."""
+    first, second = (runtime_of(app).metrics for app in two_apps)
+    assert first is not second
+    assert first.registry is not second.registry
+
+
+def test_one_apps_hook_calls_are_not_in_the_others_metrics(
+    two_apps: tuple[Flask, Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside multiprocess mode, a hook call answered by one app is counted in that app's /metrics only."""
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    counting, other = two_apps
+    case = next(c for c in CASES if c.refractory or c.gi)
+    answer = counting.test_client().post(SERVICE_URL, json=hook_request(case.chart, pid=case.patient_id))
+    assert answer.status_code == 200
+    assert (hook_calls_counted(counting), hook_calls_counted(other)) == (1, 0)
