@@ -13,6 +13,7 @@ from bench import workload
 from bench.__main__ import CQL_HINT, goals, markdown
 from bench.stats import percentile
 from cds_service.core.engine import Engine
+from fhir_mappings import SkipReason
 
 
 @pytest.mark.parametrize("size", [10, 100, 1000])
@@ -32,7 +33,7 @@ def test_workload_is_valid_fhir_r4() -> None:
 def test_workload_is_mostly_unrelated_data(engine: Engine) -> None:
     """Most resources of the realistic mix are unrelated to any predictor (vitals, common labs)."""
     findings = engine.reader.read(workload.chart(1000), patient_id=workload.PID, at=workload.AT).findings()
-    assert findings.skipped["unrelated"] > 700
+    assert findings.skipped[SkipReason.UNRELATED] > 700
 
 
 @pytest.mark.parametrize(("eligible", "cards"), [(True, 2), (False, 0)])

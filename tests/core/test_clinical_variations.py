@@ -34,7 +34,7 @@ from cds_service.contracts import EXTENSION_KEY
 from cds_service.core.cards import CardContext
 from cds_service.core.engine import Engine
 from cds_service.core.risk import Assessment
-from fhir_mappings import PatientFindings
+from fhir_mappings import PatientFindings, SkipReason
 from tests.builders import (
     AT,
     ICD10,
@@ -971,7 +971,7 @@ def test_predictor_states(variation: Variation) -> None:
             assert value == pytest.approx(expected, rel=1e-3), variation.what
         else:
             assert value == expected, variation.what
-    missing = [reason for reason in variation.skipped if not findings.skipped.get(reason)]
+    missing = [reason for reason in variation.skipped if not findings.skipped.get(SkipReason(reason))]
     assert not missing, f"{variation.what} — skipped: {dict(findings.skipped)}"
 
 

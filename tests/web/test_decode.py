@@ -24,6 +24,7 @@ from cds_service.core.engine import Engine
 from cds_service.errors import BadRequest
 from cds_service.web import decode
 from cds_service.web.decode import HookBody
+from fhir_mappings import SkipReason
 from fhir_mappings.pruned import Originals, PrunedResources, decode_node
 from tests.builders import AT, PID, coded, condition, hook_request, obs, patient, qty, searchset
 from tests.http_support import SERVICE_URL, AppFactory
@@ -405,7 +406,7 @@ def test_validation_sees_what_pruning_dropped(engine: Engine) -> None:
     assert "performer" not in pruned
     assert engine.reader.validator.problem(pruned) is None
     assessment = engine.assess(resources, patient_id=PID, at=AT)
-    assert assessment.findings.skipped.get("invalid-r4-observation") == 1
+    assert assessment.findings.skipped.get(SkipReason.INVALID_R4_OBSERVATION) == 1
 
 
 def test_provenance_is_the_same(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> None:
