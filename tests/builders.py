@@ -159,6 +159,22 @@ def hook_request(resources: list[Json], *, pid: str = PID, hook_instance: str | 
     }
 
 
+def server_hook_request(
+    fhir_server: str, prefetch: Json | None, *, pid: str = PID, hook_instance: str, user: str = "Practitioner/p1"
+) -> Json:
+    """A patient-view request naming ``fhir_server``, with ``prefetch`` as given (``None``: none, so the service
+    fetches everything from the server)."""
+    document: Json = {
+        "hook": "patient-view",
+        "hookInstance": hook_instance,
+        "fhirServer": fhir_server,
+        "context": {"userId": user, "patientId": pid},
+    }
+    if prefetch is not None:
+        document["prefetch"] = prefetch
+    return document
+
+
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "cds_service" / "schemas" / "cds-hooks-2.0.1.derived.schema.json"
 
 

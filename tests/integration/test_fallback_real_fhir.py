@@ -9,7 +9,7 @@ import requests
 from flask import Flask
 
 from cds_service.contracts import EXTENSION_KEY
-from tests.builders import LOCAL, SCT, assert_valid_cds, condition, obs, patient, qty
+from tests.builders import LOCAL, SCT, assert_valid_cds, condition, obs, patient, qty, server_hook_request
 from tests.fhir_server.launcher import FhirTestServer
 from tests.http_support import SERVICE_URL, AppFactory, runtime_of
 from tests.synthetic_patients import nxp2_positive
@@ -57,15 +57,9 @@ def prefetch_like_an_ehr(app: Flask, base: str) -> dict[str, Any]:
 
 
 def hook(base: str, prefetch: dict[str, Any] | None) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "hook": "patient-view",
-        "hookInstance": "3c1f6f0e-8f7a-4d7b-9d9e-3f1a2b3c4d5e",
-        "fhirServer": base,
-        "context": {"userId": "Practitioner/p1", "patientId": PID},
-    }
-    if prefetch is not None:
-        document["prefetch"] = prefetch
-    return document
+    return server_hook_request(
+        base, prefetch, pid=PID, hook_instance="3c1f6f0e-8f7a-4d7b-9d9e-3f1a2b3c4d5e", user="Practitioner/p1"
+    )
 
 
 def assessment(response: Any) -> list[dict[str, Any]]:

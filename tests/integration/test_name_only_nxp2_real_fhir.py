@@ -17,7 +17,16 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service.contracts import EXTENSION_KEY
-from tests.builders import LOCAL, assert_valid_cds, birth_date_for_age, condition, obs, patient, qty
+from tests.builders import (
+    LOCAL,
+    assert_valid_cds,
+    birth_date_for_age,
+    condition,
+    obs,
+    patient,
+    qty,
+    server_hook_request,
+)
 from tests.fhir_server.launcher import FhirTestServer
 from tests.http_support import SERVICE_URL, AppFactory
 
@@ -89,15 +98,9 @@ def prefetch_like_an_ehr(client: FlaskClient, base: str) -> Json:
 
 
 def hook(base: str, prefetch: Json | None) -> Json:
-    document: Json = {
-        "hook": "patient-view",
-        "hookInstance": "7d0c4b1e-2f3a-4e5b-9c6d-8e7f6a5b4c3d",
-        "fhirServer": base,
-        "context": {"userId": "Practitioner/rheum-1", "patientId": PID},
-    }
-    if prefetch is not None:
-        document["prefetch"] = prefetch
-    return document
+    return server_hook_request(
+        base, prefetch, pid=PID, hook_instance="7d0c4b1e-2f3a-4e5b-9c6d-8e7f6a5b4c3d", user="Practitioner/rheum-1"
+    )
 
 
 def cards_of(client: FlaskClient, document: Json) -> list[Json]:
