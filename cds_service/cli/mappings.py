@@ -82,7 +82,7 @@ def run_search(client: FhirClient, query: str, survey: Survey) -> SearchReport:
 
 def connector(settings: Settings, fhir_server: str, token: str | None) -> tuple[str, Connect]:
     """The server's normalised base URL and a maker of clients, one per search, built as
-    :meth:`cds_service.web.api.Runtime.connect` builds one per hook call. Raises :class:`FhirNotAllowed` (before any
+    :meth:`cds_service.web.runtime.Runtime.connect` builds one per hook call. Raises :class:`FhirNotAllowed` (before any
     request) for a server the settings do not allow."""
     fhir = settings.fhir
     base = ServerPolicy(fhir.allowed_servers, fhir.allow_http).check(fhir_server)

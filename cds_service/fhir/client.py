@@ -372,11 +372,13 @@ class FhirClient:
         token: str | None,
         deadline: Deadline,
         request_timeout: float,
-        max_pages: int = 10,
-        max_bytes: int = 20_000_000,
+        max_pages: int,
+        max_bytes: int,
         pool: Executor | None = None,
     ) -> None:
         """``request_timeout``: seconds for one request (``[fhir] request_timeout_seconds``), within ``deadline``.
+        ``max_pages``: the most pages of one search (``[fhir] max_pages``); ``max_bytes``: the largest response body
+        (``[fhir] max_response_bytes``). No defaults here: the values come from the settings (``config/``).
         ``pool``: where parallel GETs run when the server refuses a batch (the runtime's :class:`FetchPool`);
         without one they are sent one after another."""
         self._session = session

@@ -26,6 +26,7 @@ from requests.adapters import BaseAdapter
 from requests.models import PreparedRequest
 
 from cds_service.fhir.client import FHIR_JSON, Deadline, FhirClient, FhirTimeout, new_session
+from cds_service.settings import FhirSettings
 
 BASE = "https://fhir.example.org/fhir"
 PER_REQUEST = 2.0
@@ -113,8 +114,15 @@ def client_for(
     session = new_session()
     session.trust_env = False
     session.mount("https://", transport)
+    shipped = FhirSettings()  # the page and size caps of config/default.toml
     client = FhirClient(
-        session, BASE, token="access-token", deadline=Deadline(deadline_seconds, clock), request_timeout=PER_REQUEST
+        session,
+        BASE,
+        token="access-token",
+        deadline=Deadline(deadline_seconds, clock),
+        request_timeout=PER_REQUEST,
+        max_pages=shipped.max_pages,
+        max_bytes=shipped.max_response_bytes,
     )
     return client, transport
 

@@ -11,10 +11,10 @@ from flask import Flask
 from pytest_httpserver import HTTPServer
 
 from cds_service.fhir.client import ServerPolicy
+from cds_service.web.runtime import runtime_of
 from tests.builders import PID, condition, hook_request, patient, searchset
 from tests.http_support import SERVICE_URL, AppFactory
 from tests.synthetic_patients import nxp2_positive
-from tests.telemetry.every_registry import REGISTRY
 
 TOKEN = "hospital-token"
 
@@ -394,10 +394,11 @@ def test_refusal_is_counted_and_logged_with_its_reason(
     app = make_app(fhir={"allowed_servers": [base], "allow_http": True})
     paged = searchset() | {"link": [{"relation": "next", "url": "/admin/secret-place?page=2"}]}
     labels = {"reason": "next-outside-base"}
-    before = REGISTRY.get_sample_value("nxp2_cds_fhir_refused_total", labels) or 0.0
+    registry = runtime_of(app).metrics.registry
+    before = registry.get_sample_value("nxp2_cds_fhir_refused_total", labels) or 0.0
     capsys.readouterr()
     assert app.test_client().post(SERVICE_URL, json=request(base, conditions=paged)).status_code == 412
-    assert REGISTRY.get_sample_value("nxp2_cds_fhir_refused_total", labels) == before + 1
+    assert registry.get_sample_value("nxp2_cds_fhir_refused_total", labels) == before + 1
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in (captured.err + captured.out).splitlines() if line.startswith("{")]
     (refusal,) = [line for line in lines if line["event"] == "fhir_url_refused"]

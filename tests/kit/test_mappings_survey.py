@@ -18,6 +18,7 @@ from pytest_httpserver import HTTPServer
 from cds_service.core.engine import Engine
 from cds_service.fhir.client import Deadline, FhirClient, FhirNotAllowed, new_session
 from cds_service.kit.survey import SearchReport, Suggestion, Survey, SurveyResult
+from cds_service.settings import FhirSettings
 from fhir_mappings import load_terminology
 from tests.builders import ICD10CM, LOINC, coded, condition, obs, searchset
 from tests.cli_runner import Cli
@@ -422,7 +423,16 @@ def test_json_document_lists_unmapped_mapped_and_missing(
 def test_next_page_refuses_another_origin_without_a_request(httpserver: HTTPServer) -> None:
     """FhirClient.next_page raises FhirNotAllowed for a next link on another origin, and sends nothing."""
     base = httpserver.url_for(BASE_PATH)
-    client = FhirClient(new_session(), base, token=TOKEN, deadline=Deadline(5.0))
+    shipped = FhirSettings()  # the request timeout and the page and size caps of config/default.toml
+    client = FhirClient(
+        new_session(),
+        base,
+        token=TOKEN,
+        deadline=Deadline(5.0),
+        request_timeout=shipped.request_timeout_seconds,
+        max_pages=shipped.max_pages,
+        max_bytes=shipped.max_response_bytes,
+    )
     elsewhere = urlsplit(base)._replace(netloc=f"127.0.0.1:{httpserver.port}").geturl() + "/page2"
     with pytest.raises(FhirNotAllowed):
         client.next_page(page([], elsewhere))

@@ -29,10 +29,10 @@ import cds_service.web.api
 from cds_service.kit.client_tokens import ClientKey
 from cds_service.settings import SettingsError, load_settings
 from cds_service.web.auth import MAX_JWKS_BYTES
+from cds_service.web.runtime import runtime_of
 from tests.builders import condition, hook_request, patient
 from tests.http_support import FEEDBACK_URL, SERVICE_URL, AppFactory
 from tests.synthetic_patients import nxp2_positive
-from tests.telemetry.every_registry import REGISTRY
 
 PUBLIC = "https://cds.example.org"
 SERVICE_AUD = PUBLIC + SERVICE_URL
@@ -413,8 +413,9 @@ def test_overlong_token_is_refused_before_decoding(world: World) -> None:
 # -- trust that works offline (issue 13.9) ------------------------------------------------------------------------
 
 
-def _sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+def _sample(app: Flask, name: str, **labels: str) -> float:
+    """A sample of ``app``'s own metrics registry (0 before the first count)."""
+    return runtime_of(app).metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def _fetches(server: HTTPServer, path: str) -> int:
@@ -527,8 +528,8 @@ def test_jwks_fetch_failure_has_its_own_reason_and_metric(
         public_base_url=PUBLIC,
         auth={"mode": "required", "issuers": issuers, "allow_http": True, "jwks_timeout_seconds": 0.5},
     )
-    refused = _sample("nxp2_cds_auth_failures_total", reason="jwks-fetch-failed")
-    failed = _sample("nxp2_cds_jwks_fetch_failures_total", cause=cause)
+    refused = _sample(app, "nxp2_cds_auth_failures_total", reason="jwks-fetch-failed")
+    failed = _sample(app, "nxp2_cds_jwks_fetch_failures_total", cause=cause)
     capsys.readouterr()
     assert _post(app, client_keys()[0].token(iss=EHR, aud=SERVICE_AUD)).status_code == 401
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
@@ -536,8 +537,8 @@ def test_jwks_fetch_failure_has_its_own_reason_and_metric(
         line for line in lines if line["event"] == "auth.rejected"
     ).items()
     assert any(line["event"] == "auth.jwks_fetch_failed" and line["cause"] == cause for line in lines)
-    assert _sample("nxp2_cds_auth_failures_total", reason="jwks-fetch-failed") == refused + 1
-    assert _sample("nxp2_cds_jwks_fetch_failures_total", cause=cause) == failed + 1
+    assert _sample(app, "nxp2_cds_auth_failures_total", reason="jwks-fetch-failed") == refused + 1
+    assert _sample(app, "nxp2_cds_jwks_fetch_failures_total", cause=cause) == failed + 1
 
 
 def test_cached_jwks_is_used_while_the_issuer_is_unreachable(make_app: AppFactory, httpserver: HTTPServer) -> None:
