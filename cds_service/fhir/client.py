@@ -241,7 +241,8 @@ class ServerPolicy:
     request — and so the token — may go."""
 
     allowed: tuple[str, ...]
-    allow_http: bool = False
+    allow_http: bool
+    """``[fhir] allow_http``: plain-http servers may be called (test servers only)."""
 
     @cached_property
     def _entries(self) -> tuple[tuple[_Url, bool], ...]:

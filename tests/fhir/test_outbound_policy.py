@@ -55,7 +55,7 @@ def test_an_equivalent_form_of_an_allowlisted_server_is_admitted_as_the_normalis
     """A fhirServer naming the exact allowlist entry once normalised (slashes, dot segments, encoded unreserved
     characters, trailing dot, IDNA, whitespace) is admitted, and check returns the normalised URL — what is then
     requested."""
-    assert ServerPolicy((EXACT,)).check(written) == EXACT
+    assert ServerPolicy((EXACT,), allow_http=False).check(written) == EXACT
 
 
 NOT_ALLOWLISTED = {
@@ -77,25 +77,27 @@ NOT_ALLOWLISTED = {
 def test_a_server_not_on_the_allowlist_once_normalised_is_refused(fhir_server: str) -> None:
     """An exact entry admits only itself: another host, port or path — including one that reaches another path
     only after dot segments are resolved — is refused as ``not-allowlisted``."""
-    assert refused_reason(ServerPolicy((EXACT,)), fhir_server) == "not-allowlisted"
+    assert refused_reason(ServerPolicy((EXACT,), allow_http=False), fhir_server) == "not-allowlisted"
 
 
 def test_an_empty_allowlist_admits_nothing() -> None:
     """With no ``allowed_servers`` every fhirServer is refused as ``not-allowlisted``."""
-    assert refused_reason(ServerPolicy(()), EXACT) == "not-allowlisted"
+    assert refused_reason(ServerPolicy((), allow_http=False), EXACT) == "not-allowlisted"
 
 
 def test_the_allowlist_entries_are_normalised_too() -> None:
     """An entry written in another form (case, default port, dot segments, repeated and trailing slashes) admits
     the server written normally, and a prefix entry so written admits what is below it."""
-    policy = ServerPolicy(("HTTPS://FHIR.Example.org:443//a/../r4/", "https://FHIR.example.org/x/../fhir/*"))
+    policy = ServerPolicy(
+        ("HTTPS://FHIR.Example.org:443//a/../r4/", "https://FHIR.example.org/x/../fhir/*"), allow_http=False
+    )
     assert (policy.check(EXACT), policy.check(BASE)) == (EXACT, BASE)
 
 
 def test_an_entry_that_cannot_be_normalised_admits_nothing_and_spoils_no_other() -> None:
     """An allowlist entry carrying a query (or anything refused in a fhirServer) admits nothing — not even its own
     text — while the other entries still work."""
-    policy = ServerPolicy((f"{EXACT}?tenant=a", f"{HOST}\\fhir/*", "https://other.example.org/r4"))
+    policy = ServerPolicy((f"{EXACT}?tenant=a", f"{HOST}\\fhir/*", "https://other.example.org/r4"), allow_http=False)
     assert refused_reason(policy, EXACT) == "not-allowlisted"
     assert refused_reason(policy, BASE) == "not-allowlisted"
     assert policy.check("https://other.example.org/r4") == "https://other.example.org/r4"
@@ -106,7 +108,10 @@ def test_an_entry_that_cannot_be_normalised_admits_nothing_and_spoils_no_other()
 
 def test_plain_http_is_refused_even_when_allowlisted() -> None:
     """An http entry on the allowlist does not admit its server while ``allow_http`` is false: ``plain-http``."""
-    assert refused_reason(ServerPolicy(("http://fhir.example.org/r4",)), "http://fhir.example.org/r4") == "plain-http"
+    assert (
+        refused_reason(ServerPolicy(("http://fhir.example.org/r4",), allow_http=False), "http://fhir.example.org/r4")
+        == "plain-http"
+    )
 
 
 def test_plain_http_is_admitted_when_allowed_and_allowlisted() -> None:
@@ -133,7 +138,7 @@ UNDER_PREFIX = {
 @pytest.mark.parametrize("fhir_server", UNDER_PREFIX.values(), ids=UNDER_PREFIX.keys())
 def test_a_prefix_entry_admits_its_path_and_below(fhir_server: str) -> None:
     """``https://x/fhir/*`` admits ``https://x/fhir`` and any path below it."""
-    assert ServerPolicy((PREFIX,)).check(fhir_server) == fhir_server
+    assert ServerPolicy((PREFIX,), allow_http=False).check(fhir_server) == fhir_server
 
 
 OUTSIDE_PREFIX = {
@@ -149,7 +154,7 @@ OUTSIDE_PREFIX = {
 def test_a_prefix_entry_admits_whole_segments_after_normalisation_only(fhir_server: str) -> None:
     """``https://x/fhir/*`` does not admit what leaves ``/fhir`` once normalised (``https://x/fhir/../admin``), nor
     ``/fhir-admin``: ``not-allowlisted``."""
-    assert refused_reason(ServerPolicy((PREFIX,)), fhir_server) == "not-allowlisted"
+    assert refused_reason(ServerPolicy((PREFIX,), allow_http=False), fhir_server) == "not-allowlisted"
 
 
 # -- check: what cannot be normalised safely -----------------------------------------------------------
@@ -196,7 +201,7 @@ def test_a_fhir_server_that_cannot_be_normalised_safely_is_refused_with_its_reas
 def test_a_refused_fhir_server_is_not_echoed() -> None:
     """The refusal's message says which rule, never the URL (it may name the patient)."""
     with pytest.raises(FhirNotAllowed) as caught:
-        ServerPolicy((EXACT,)).check(f"{HOST}/Patient-4711-secret/r4")
+        ServerPolicy((EXACT,), allow_http=False).check(f"{HOST}/Patient-4711-secret/r4")
     assert "Patient-4711-secret" not in str(caught.value)
     assert "allowlist" in str(caught.value)
 
@@ -356,6 +361,6 @@ def test_with_a_prefix_entry_a_call_is_bounded_by_its_fhir_server_not_the_prefix
     """With ``https://x/fhir/*`` allowed and the call allowed for ``https://x/fhir/tenant-a``, a request, redirect
     or next link to another path the prefix covers (or one leaving it) is refused: the bound is the fhirServer the
     call was allowed for, not its origin nor the allowlist prefix."""
-    base = ServerPolicy((PREFIX,)).check(BASE)
+    base = ServerPolicy((PREFIX,), allow_http=False).check(BASE)
     for where in ("request", "redirect", "next"):
         assert admit_refusal(url, where, base=base).reason == f"{where}-outside-base"
