@@ -23,7 +23,7 @@ from cds_service.core.engine import Engine
 from cds_service.settings import load_settings
 from cds_service.store.recorder import CardRecorder
 from cds_service.store.store import Store
-from cds_service.web.app import configure_process, create_app
+from cds_service.web.app import close_app, configure_process, create_app
 from tests.builders import AT, Json, hook_request
 
 SERVICE_URL = "/cds-services/nxp2-jdm-risk"
@@ -35,7 +35,9 @@ AppFactory = Callable[..., Flask]
 def make_app(tmp_path: Path, engine: Engine) -> Iterator[AppFactory]:
     """Build an app with settings overrides, a fresh migrated SQLite database (unless ``database_url`` is given),
     the session engine (unless the overrides change the mappings or the knowledge base), authentication disabled
-    (unless ``auth`` is given), and the evaluation clock fixed at the synthetic patients' time."""
+    (unless ``auth`` is given), and the evaluation clock fixed at the synthetic patients' time. Afterwards each app
+    is closed (``close_app``), then its recorder and its store."""
+    apps: list[Flask] = []
     stores: list[Store] = []
     recorders: list[CardRecorder] = []
 
@@ -49,9 +51,13 @@ def make_app(tmp_path: Path, engine: Engine) -> Iterator[AppFactory]:
         recorders.append(recorder)
         shared = None if {"mappings", "knowledge_file", "cards"} & set(overrides) else engine
         configure_process(settings)  # as a serving process does before it builds its application
-        return create_app(settings, engine=shared, store=store, recorder=recorder, clock=clock, migrate=True)
+        app = create_app(settings, engine=shared, store=store, recorder=recorder, clock=clock, migrate=True)
+        apps.append(app)
+        return app
 
     yield build
+    for app in apps:
+        close_app(app)
     for recorder in recorders:
         recorder.close()
     for store in stores:

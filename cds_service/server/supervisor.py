@@ -11,9 +11,10 @@ The front door (``[server] front_door``, docs/deployment.md "Front door"):
 - ``gunicorn``: gunicorn alone on the address, as before (development only: a slow client holds a worker thread).
 
 Each gunicorn worker builds its own application after the fork (no shared connection pools or threads across
-processes) and wraps it in :class:`RequestGuard` (the memory budget, 413 for chunked bodies). Workers default to the
-CPU count (at least 2) and threads to 4. Prometheus samples of all workers are collected through a shared directory
-(see :mod:`metrics`).
+processes) and wraps it in :class:`RequestGuard` (the memory budget, 413 for chunked bodies), which counts what it
+refuses in that application's metrics; when the worker stops, gunicorn's ``worker_exit`` hook closes the application
+(:func:`~cds_service.web.app.close_app`: its recorder writes what waits). Workers default to the CPU count (at least
+2) and threads to 4. Prometheus samples of all workers are collected through a shared directory (see :mod:`metrics`).
 
 Shutdown (nginx): on SIGTERM or SIGINT ``/readyz`` answers 503 at once and every answer says ``Connection: close`` (so
 keep-alive clients go elsewhere); after ``shutdown_delay_seconds`` nginx closes its listener and lets the requests in
@@ -48,6 +49,7 @@ from gunicorn.app.base import BaseApplication
 
 from cds_service.settings import ServerSettings
 from cds_service.telemetry import logs
+from cds_service.telemetry.sinks import NULL_METRICS, RefusalMetrics
 from cds_service.web.front_door import FRONT_DOOR_HEADER, FRONT_DOOR_SECRET_ENV
 
 DEFAULT_THREADS = 4
@@ -89,10 +91,22 @@ class RequestGuard:
       byte of it is read. A body alone is always admitted (up to ``max_body_bytes``).
     - A chunked body (no length; gunicorn alone) is read up to ``max_body_bytes``: one byte more is 413.
     - After a large request, freed memory goes back to the system, so a burst does not leave the worker swollen.
+
+    Refusals are counted in ``metrics`` (``nxp2_cds_requests_refused_total``): the guarded application's
+    (:class:`~cds_service.telemetry.metrics.Metrics`), or nowhere when not given.
     """
 
-    def __init__(self, app: WSGIApp, *, max_body_bytes: int, budget_bytes: int, retry_after_seconds: int) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        max_body_bytes: int,
+        budget_bytes: int,
+        retry_after_seconds: int,
+        metrics: RefusalMetrics = NULL_METRICS,
+    ) -> None:
         self.app = app
+        self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.budget_bytes = budget_bytes
         self.retry_after = str(retry_after_seconds)
@@ -144,9 +158,7 @@ class RequestGuard:
     def _refuse(
         self, start_response: StartResponse, status: str, message: str, code: str, reason: str, busy: bool = False
     ) -> list[bytes]:
-        from cds_service.telemetry import metrics
-
-        metrics.REQUESTS_REFUSED.labels(reason).inc()
+        self.metrics.count_refused(reason)
         body = outcome_body(message, code)
         headers = [("Content-Type", OUTCOME_MIMETYPE), ("Content-Length", str(len(body)))]
         if busy:
@@ -227,16 +239,19 @@ class ConfiguredApplication(BaseApplication):  # type: ignore[misc]  # gunicorn 
 class _Application(ConfiguredApplication):
     def __init__(self, options: Mapping[str, Any], limits: Limits | None = None) -> None:
         self._limits = limits
+        self.served: Any = None
+        """The Flask application this worker built (``load``), closed by the ``worker_exit`` hook."""
         super().__init__(options)
 
     def load(self) -> Any:
         # here, not at the top: prometheus_client reads PROMETHEUS_MULTIPROC_DIR when it is first imported
         from cds_service.settings import load_settings
         from cds_service.web.app import configure_process, create_app, freeze_startup_heap
+        from cds_service.web.runtime import runtime_of
 
         settings = load_settings()
         configure_process(settings)
-        app = create_app(settings)
+        app = self.served = create_app(settings)
         freeze_startup_heap()
         if self._limits is None:
             return app
@@ -245,6 +260,7 @@ class _Application(ConfiguredApplication):
             max_body_bytes=self._limits.max_body_bytes,
             budget_bytes=self._limits.budget_bytes,
             retry_after_seconds=self._limits.retry_after_seconds,
+            metrics=runtime_of(app).metrics,
         )
 
 
@@ -252,6 +268,17 @@ def _child_exit(_server: Any, worker: Any) -> None:
     from cds_service.telemetry.metrics import worker_exited
 
     worker_exited(worker.pid)
+
+
+def _worker_exit(_server: Any, worker: Any) -> None:
+    """gunicorn's ``worker_exit`` hook, in the worker once it has stopped serving: close the application it built
+    (its recorder writes what waits to the database, or leaves it in the spool for another worker). Nothing when the
+    worker never built one (it failed to boot, or serves another gunicorn application, as the benchmarks' do)."""
+    served = getattr(worker.app, "served", None)
+    if served is not None:
+        from cds_service.web.app import close_app
+
+        close_app(served)
 
 
 def gunicorn_options(
@@ -284,6 +311,7 @@ def gunicorn_options(
         "limit_request_field_size": 16380,
         "control_socket_disable": True,  # no socket in $HOME: read-only root filesystems stay read-only
         "child_exit": _child_exit,
+        "worker_exit": _worker_exit,
     }
     if SHARED_MEMORY.is_dir():  # heartbeat files in memory, not on a (possibly read-only) disk
         options["worker_tmp_dir"] = str(SHARED_MEMORY)

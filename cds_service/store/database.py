@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from cds_service.errors import Issue, ServiceUnavailable
 from cds_service.settings import DatabaseSettings
+from cds_service.telemetry.sinks import NULL_METRICS, StoreMetrics
 
 if TYPE_CHECKING:  # annotations only: both import this module
     from cds_service.store.recorder import CardRecorder
@@ -285,10 +286,18 @@ class DatabaseHealth:
     An availability error (down, hung, locked, pool exhausted) marks it unavailable; then requests do not wait on it
     (feedback is refused at once, replay checks use memory) and a background probe, at most once a second, finds out
     when it is back; so does any successful write. The first failure and the return are logged once per outage, with
-    what was done meanwhile; nothing is logged per request."""
+    what was done meanwhile; nothing is logged per request. Each failure is counted in ``metrics``
+    (``nxp2_cds_database_errors_total``)."""
 
-    def __init__(self, *, replay_fallback: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        replay_fallback: str,
+        metrics: StoreMetrics = NULL_METRICS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._replay_fallback = replay_fallback
+        self._metrics = metrics
         self._clock = clock
         self._lock = threading.Lock()
         self._down_since: float | None = None
@@ -307,7 +316,7 @@ class DatabaseHealth:
                 self._down_since = self._clock()
                 self._fallbacks = self._refused = 0
                 self._next_probe = self._down_since + HEALTH_PROBE_INTERVAL_S
-        _database_errors(operation, error)
+        count_database_error(self._metrics, operation, error)
         if first:
             replay = (
                 "JWT replay checks use each worker's memory"
@@ -355,11 +364,10 @@ class DatabaseHealth:
             self._refused += 1
 
 
-def _database_errors(operation: str, error: BaseException) -> None:
-    from cds_service.telemetry import metrics  # not at import: the CLI loads this before the metrics folder is set
-
+def count_database_error(metrics: StoreMetrics, operation: str, error: BaseException) -> None:
+    """``nxp2_cds_database_errors_total{operation, reason}``: the reason is ``timeout`` or the exception's class."""
     reason = "timeout" if isinstance(error, DatabaseTimeout | sa.exc.TimeoutError) else type(error).__name__
-    metrics.DATABASE_ERRORS.labels(operation, reason).inc()
+    metrics.count_database_error(operation, reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import queue
@@ -37,7 +36,9 @@ class CardRecorder:
     """Records issued cards off the hot path: :meth:`submit` only enqueues (bounded; when full the cards are
     dropped and counted), a daemon thread writes batches of up to ``batch_size`` cards, at least every
     ``flush_interval`` seconds while cards wait. The thread starts on the first submit in each process (so a
-    recorder made before gunicorn forks works in every worker); queued cards are flushed at exit.
+    recorder made before gunicorn forks works in every worker). :meth:`close` writes what is queued and stops it:
+    whoever made the recorder calls it (for the application's own, ``close_app``, from gunicorn's ``worker_exit``);
+    no exit hook is registered, so the recorder changes nothing process-wide.
 
     Counters (per process): ``written``, ``dropped`` (queue full, or after :meth:`close`), ``failed`` (their batch
     raised; logged by exception class only)."""
@@ -59,7 +60,6 @@ class CardRecorder:
         self._closed = False
         self._reset()
         _track_forks(self)
-        atexit.register(self._flush_at_exit)
 
     def _reset(self) -> None:
         self._pid = os.getpid()
@@ -152,8 +152,7 @@ class CardRecorder:
         return marker.done.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, stop the thread; later submits are dropped (and counted)."""
-        atexit.unregister(self._flush_at_exit)
+        """Write what is queued, stop the thread; later submits are dropped (and counted). Idempotent."""
         if self._pid != os.getpid():
             self._reset()
         with self._lock:
@@ -167,9 +166,6 @@ class CardRecorder:
         except queue.Full:
             return
         thread.join(max(0.0, deadline - time.monotonic()))
-
-    def _flush_at_exit(self) -> None:
-        self.flush(timeout=5.0)
 
     def _run(self, source: queue.Queue[object]) -> None:
         batch: list[IssuedCard] = []

@@ -43,6 +43,7 @@ from cds_service.store.database import AVAILABILITY_ERRORS, StoreError
 from cds_service.store.recorder import CardRecorder, CardSink, _Flush
 from cds_service.store.records import IssuedCard
 from cds_service.store.store import Store
+from cds_service.telemetry.sinks import NULL_METRICS, StoreMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -361,19 +362,23 @@ class SpoolingCardRecorder(CardRecorder):
 
     Counters (per process): ``written`` (records this process wrote to the database, adopted ones included),
     ``dropped`` (beyond the spool's bound, an unwritable spool, after :meth:`close`), ``failed`` (always 0: a failed
-    write is retried), ``rejected`` (records the database refused one by one, or unreadable lines)."""
+    write is retried), ``rejected`` (records the database refused one by one, or unreadable lines). ``metrics``
+    counts the same events (``nxp2_cds_spool_records_total``) and what waits (``nxp2_cds_spool_pending_records``):
+    the application's when its factory builds the recorder."""
 
     def __init__(
         self,
         sink: CardSink,
         spool: CardSpool,
         *,
+        metrics: StoreMetrics = NULL_METRICS,
         batch_size: int = 500,
         flush_interval: float = 0.5,
         scan_interval: float = SCAN_INTERVAL_S,
         max_backoff: float = MAX_BACKOFF_S,
     ) -> None:
         self._spool = spool
+        self._metrics = metrics
         self._scan_interval = scan_interval
         self._max_backoff = max_backoff
         super().__init__(sink, max_queue=1000, batch_size=batch_size, flush_interval=flush_interval)
@@ -422,11 +427,7 @@ class SpoolingCardRecorder(CardRecorder):
             self._drop(len(cards), "dropped_error", exc)
         else:
             if spooled:
-                from cds_service.telemetry import (
-                    metrics,  # not at import: the CLI loads this before the metrics folder is set
-                )
-
-                metrics.SPOOL_RECORDS.labels("spooled").inc(len(cards))
+                self._metrics.count_spool_records("spooled", len(cards))
             else:
                 self._drop(len(cards), "dropped_full", None)
         thread = self._thread
@@ -438,9 +439,7 @@ class SpoolingCardRecorder(CardRecorder):
                 self._queue.put_nowait(_WAKE)
 
     def _drop(self, n: int, event: str, error: OSError | None) -> None:
-        from cds_service.telemetry import metrics
-
-        metrics.SPOOL_RECORDS.labels(event).inc(n)
+        self._metrics.count_spool_records(event, n)
         now = time.monotonic()
         with self._lock:
             self._dropped += n
@@ -486,12 +485,9 @@ class SpoolingCardRecorder(CardRecorder):
             return False
         return marker.done.wait(max(0.0, deadline - time.monotonic())) and marker.written
 
-    def _flush_at_exit(self) -> None:
-        self.close(timeout=5.0)
-
     def close(self, timeout: float = 5.0) -> None:
         """Write what waits (if the database answers), stop the writer, close the files (what still waits stays on
-        disk for the next process); later submits are dropped and counted."""
+        disk for the next process); later submits are dropped and counted. Idempotent."""
         super().close(timeout)
         thread = self._thread
         if thread is None or not thread.is_alive():
@@ -556,9 +552,7 @@ class SpoolingCardRecorder(CardRecorder):
         return int(result or 0)
 
     def _publish(self) -> None:
-        from cds_service.telemetry import metrics
-
-        metrics.SPOOL_PENDING.set(self._spool.pending_records)
+        self._metrics.set_spool_pending(self._spool.pending_records)
 
     def _write_spool(self) -> bool:
         """Seal the open segment and write every sealed one to the database; False when the database failed."""
@@ -583,11 +577,9 @@ class SpoolingCardRecorder(CardRecorder):
             with self._lock:
                 self._written += written
                 self._rejected += rejected
-            from cds_service.telemetry import metrics
-
-            metrics.SPOOL_RECORDS.labels("written").inc(written)
+            self._metrics.count_spool_records("written", written)
             if rejected:
-                metrics.SPOOL_RECORDS.labels("rejected").inc(rejected)
+                self._metrics.count_spool_records("rejected", rejected)
                 logger.error("issued cards: %d spooled records could not be stored and were dropped", rejected)
         self._note_recovery()
         return True
@@ -640,12 +632,13 @@ def spool_directory(store: Store) -> Path:
     return Path.cwd() / DIRECTORY_NAME
 
 
-def spooling_recorder(store: Store) -> SpoolingCardRecorder:
-    """The service's recorder: spooled in :func:`spool_directory`, bounded by ``[database] spool_max_bytes``.
-    Raises :class:`~cds_service.store.database.StoreError` when the directory cannot be used."""
+def spooling_recorder(store: Store, metrics: StoreMetrics | None = None) -> SpoolingCardRecorder:
+    """The service's recorder: spooled in :func:`spool_directory`, bounded by ``[database] spool_max_bytes``, counted
+    in ``metrics`` (by default the store's). Raises :class:`~cds_service.store.database.StoreError` when the directory
+    cannot be used."""
     spool = CardSpool(spool_directory(store), max_bytes=store.settings.spool_max_bytes)
     try:
         spool.prepare()
     except OSError as exc:
         raise StoreError(f"[database] spool_dir {spool.directory}: {exc.strerror or exc}") from None
-    return SpoolingCardRecorder(store, spool)
+    return SpoolingCardRecorder(store, spool, metrics=store.metrics if metrics is None else metrics)

@@ -34,26 +34,33 @@ from cds_service.store.database import (
     DatabaseUnavailable,
     Readiness,
     T,
-    _database_errors,
     _head_revision,
     _make_engine,
     _track_forks,
     alembic_config,
+    count_database_error,
     normalise_url,
 )
 from cds_service.store.records import FeedbackResult, IssuedCard, Report, _feedback_row, _utc
 from cds_service.store.replays import MemoryReplays
 from cds_service.store.report import _build_report, _suggestion_map
 from cds_service.store.schema import feedback, issued_cards, seen_jtis
+from cds_service.telemetry.sinks import NULL_METRICS, StoreMetrics
 
 logger = logging.getLogger(__name__)
 
 
 class Store:
-    """Feedback and issued cards in one database (a SQLAlchemy URL). Thread-safe; fork-safe."""
+    """Feedback and issued cards in one database (a SQLAlchemy URL). Thread-safe; fork-safe.
 
-    def __init__(self, database_url: str, settings: DatabaseSettings | None = None) -> None:
+    ``metrics`` counts its database faults and replay fall-backs: the application's when the factory builds it
+    (:class:`~cds_service.telemetry.metrics.Metrics`), else nowhere (the command line)."""
+
+    def __init__(
+        self, database_url: str, settings: DatabaseSettings | None = None, *, metrics: StoreMetrics = NULL_METRICS
+    ) -> None:
         self.url = normalise_url(database_url)
+        self.metrics = metrics
         self.settings = settings or DatabaseSettings()
         self.engine = _make_engine(self.url, self.settings)
         self.dialect = self.engine.dialect.name
@@ -66,7 +73,7 @@ class Store:
         _track_forks(self)
 
     def _reset_availability(self) -> None:
-        self.health = DatabaseHealth(replay_fallback=self.settings.replay_fallback)
+        self.health = DatabaseHealth(replay_fallback=self.settings.replay_fallback, metrics=self.metrics)
         self.jtis = MemoryReplays(self.settings.replay_memory_max_jtis)
         self._calls = BoundedCalls("nxp2-cds-db", REQUEST_DB_THREADS)
         self._probes = BoundedCalls("nxp2-cds-db-probe", 1)
@@ -135,7 +142,7 @@ class Store:
             if isinstance(exc, AVAILABILITY_ERRORS) and not isinstance(exc, DatabaseTimeout):
                 self.health.failed("readiness", exc)  # logged once per outage (slow is not down: requests decide)
             else:
-                _database_errors("readiness", exc)
+                count_database_error(self.metrics, "readiness", exc)
                 if started >= self._next_readiness_log:  # probes come every few seconds: say it once a minute
                     self._next_readiness_log = started + READINESS_LOG_INTERVAL_S
                     logger.warning("database readiness check failed: %s", reason)
@@ -296,10 +303,8 @@ class Store:
             if self.settings.replay_fallback == "refuse":
                 self.health.count_refused()
                 raise
-            from cds_service.telemetry import metrics
-
             self.health.count_fallback()
-            metrics.REPLAY_FALLBACK.inc()
+            self.metrics.count_replay_fallback()
             return self.jtis.add(key, expires, moment, unsynced=True, attempt=attempt)
         if fresh:
             self.jtis.add(key, expires, moment, attempt=attempt)

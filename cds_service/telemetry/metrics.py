@@ -1,15 +1,18 @@
 """Prometheus metrics, served at ``/metrics``.
 
 An application's collectors belong to it: :class:`Metrics`, one per application (the Runtime holds it), with a
-registry of its own, so two applications in one process count apart. What is counted outside any application — the
-server's request guard, the store's database faults, replay fall-backs and spool — is process-wide, in
-prometheus_client's own registry (the ``REQUESTS_REFUSED`` … ``SPOOL_RECORDS`` names below).
+registry of its own, so two applications in one process count apart. That includes what is counted outside the
+web layer on the application's behalf: the factory hands its ``Metrics`` to the store and the spooling recorder it
+builds (database faults, replay fall-backs, the spool: :class:`~cds_service.telemetry.sinks.StoreMetrics`), and the
+server hands it to the request guard in front of the application (refused requests). A store used without an
+application (the command line) counts into :data:`~cds_service.telemetry.sinks.NULL_METRICS`, which drops the counts.
 
 Under gunicorn every worker is its own process: ``nxp2-cds serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before any
 worker starts (and before prometheus_client is first imported: it chooses multiprocess mode at import), so each
 worker writes its samples there and ``/metrics`` (answered by whichever worker) aggregates them all. In that mode the
 samples are the process's files, not a registry's: one application per process, as gunicorn workers run. Without
-that variable (tests, a single process) ``/metrics`` is the application's registry and the process-wide one.
+that variable (tests, a single process) ``/metrics`` is the application's registry and the process's own collectors
+(prometheus_client's default ``process_*`` and ``python_*``, which describe the process, not an application).
 
 The metric names and labels are a public contract (dashboards). Labels never carry patient data: routes are URL
 templates, outcomes and tiers come from the knowledge base.
@@ -114,10 +117,63 @@ class Metrics:
             ["cause"],
             registry=registry,
         )
+        # -- counted on the application's behalf by the server's request guard and by the store it was handed --
+        self.requests_refused = Counter(
+            "nxp2_cds_requests_refused_total",
+            "Requests a worker refused before the application saw them, by reason: memory-budget (503), too-large "
+            "(413).",
+            ["reason"],
+            registry=registry,
+        )
+        self.database_errors = Counter(
+            "nxp2_cds_database_errors_total",
+            "Database operations that failed because the database was down, hung, locked or out of connections, by "
+            "operation (feedback, replay_check, issued_cards, readiness, probe) and reason (timeout or the exception "
+            "class).",
+            ["operation", "reason"],
+            registry=registry,
+        )
+        self.replay_fallbacks = Counter(
+            "nxp2_cds_jwt_replay_fallback_total",
+            "JWT replay checks answered from the worker's memory because the database was unavailable.",
+            registry=registry,
+        )
+        self.spool_pending = Gauge(
+            "nxp2_cds_spool_pending_records",
+            "Issued-card records in the spool not yet in the database (summed over live workers; a dead worker's "
+            "records count again once another worker adopts its files).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.spool_records = Counter(
+            "nxp2_cds_spool_records_total",
+            "Issued-card records by what the spool did with them: spooled, written (to the database), dropped_full "
+            "(beyond [database] spool_max_bytes), dropped_error (the spool could not be written), dropped_closed, "
+            "rejected (refused by the database one by one, or unreadable after a crash).",
+            ["event"],
+            registry=registry,
+        )
+
+    # -- the sinks of cds_service.telemetry.sinks: StoreMetrics (the store, the spool) and RefusalMetrics (the guard)
+
+    def count_database_error(self, operation: str, reason: str) -> None:
+        self.database_errors.labels(operation, reason).inc()
+
+    def count_replay_fallback(self) -> None:
+        self.replay_fallbacks.inc()
+
+    def count_spool_records(self, event: str, records: int) -> None:
+        self.spool_records.labels(event).inc(records)
+
+    def set_spool_pending(self, records: int) -> None:
+        self.spool_pending.set(records)
+
+    def count_refused(self, reason: str) -> None:
+        self.requests_refused.labels(reason).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type: all workers' samples when running under gunicorn (multiprocess
-        mode), else this application's and the process-wide ones."""
+        mode), else this application's and the process's own (``process_*``, ``python_*``)."""
         if os.environ.get(MULTIPROC_ENV):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -141,36 +197,3 @@ def worker_exited(pid: int) -> None:
     """gunicorn's ``child_exit`` hook: forget a dead worker's live samples."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
-# -- process-wide: counted outside any application's code (the server's request guard) or by the store ---------------
-
-REQUESTS_REFUSED = Counter(
-    "nxp2_cds_requests_refused_total",
-    "Requests a worker refused before the application saw them, by reason: memory-budget (503), too-large (413).",
-    ["reason"],
-)
-
-DATABASE_ERRORS = Counter(
-    "nxp2_cds_database_errors_total",
-    "Database operations that failed because the database was down, hung, locked or out of connections, by operation "
-    "(feedback, replay_check, issued_cards, readiness, probe) and reason (timeout or the exception class).",
-    ["operation", "reason"],
-)
-REPLAY_FALLBACK = Counter(
-    "nxp2_cds_jwt_replay_fallback_total",
-    "JWT replay checks answered from the worker's memory because the database was unavailable.",
-)
-SPOOL_PENDING = Gauge(
-    "nxp2_cds_spool_pending_records",
-    "Issued-card records in the spool not yet in the database (summed over live workers; a dead worker's records "
-    "count again once another worker adopts its files).",
-    multiprocess_mode="livesum",
-)
-SPOOL_RECORDS = Counter(
-    "nxp2_cds_spool_records_total",
-    "Issued-card records by what the spool did with them: spooled, written (to the database), dropped_full (beyond "
-    "[database] spool_max_bytes), dropped_error (the spool could not be written), dropped_closed, rejected (refused "
-    "by the database one by one, or unreadable after a crash).",
-    ["event"],
-)

@@ -2,12 +2,13 @@
 :func:`cds_service.web.app.create_app` and closed with it (:meth:`Runtime.close`).
 
 It owns what it makes — the FHIR fetch pool and the metrics — so two applications in one process share nothing of
-it; what it is handed (the settings, the engine, the store, the recorder, the session) belongs to whoever made it.
+it; of what it is handed (the settings, the engine, the store, the recorder, the session), what the factory made for
+this application alone is released with it (:attr:`Runtime.owned`), the rest belongs to whoever made it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -51,6 +52,10 @@ class Runtime:
     """This application's collectors (``/metrics``)."""
     fetch_pool: FetchPool
     """The threads this application's FHIR clients send parallel GETs on; shut down by :meth:`close`."""
+    owned: tuple[Callable[[], None], ...] = ()
+    """How to release what the factory made for this application alone (its recorder, then its store and session),
+    called in this order by :meth:`close`."""
+    closed: bool = False
 
     @classmethod
     def build(
@@ -63,8 +68,10 @@ class Runtime:
         clock: Callable[[], datetime] | None = None,
         auth: Authenticator | None = None,
         metrics: Metrics | None = None,
+        owned: Sequence[Callable[[], None]] = (),
     ) -> Runtime:
-        """``metrics``: the application's (its authenticator counts there too); a new one when not given."""
+        """``metrics``: the application's (its authenticator, store and recorder count there too); a new one when
+        not given. ``owned``: what :meth:`close` releases besides the FHIR pool (see :attr:`owned`)."""
         templates = build_templates(engine)
         discovery: dict[str, bytes] = {}
         for language in engine.languages:
@@ -98,6 +105,7 @@ class Runtime:
             auth=auth,
             metrics=metrics or Metrics(),
             fetch_pool=FetchPool(),
+            owned=tuple(owned),
         )
 
     def connect(self, fhir_server: str, token: str | None) -> FhirClient:
@@ -116,9 +124,16 @@ class Runtime:
         )
 
     def close(self) -> None:
-        """Release what this runtime owns: its FHIR pool's threads (the requests in flight finish first). Later
-        parallel fetches are refused. Idempotent; other applications are not affected."""
+        """Release what this runtime owns: its FHIR pool's threads (the requests in flight finish first; later
+        parallel fetches are refused), then what the factory made for it (:attr:`owned`: the recorder writes what
+        waits and stops its thread, the store closes its connections). Idempotent; other applications are not
+        affected."""
+        if self.closed:
+            return
+        self.closed = True
         self.fetch_pool.shutdown(wait=True)
+        for release in self.owned:
+            release()
 
     def install(self, app: Flask) -> None:
         app.extensions[EXTENSION] = self

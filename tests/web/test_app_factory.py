@@ -1,11 +1,14 @@
 """The application factory (cds_service/web/app.py) changes nothing process-wide: two apps in one process do not
-interfere (each has its own FHIR pool and metrics, closed or counted apart), and what belongs to the process
-(logging, the garbage collector) is set by whoever serves."""
+interfere (each has its own FHIR pool and metrics, closed or counted apart; the store and recorder it makes count
+into its metrics and are closed with it), and what belongs to the process (logging, the garbage collector, exit
+hooks) is set by whoever serves."""
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,14 +21,16 @@ from pytest_httpserver import HTTPServer
 from cds_service.contracts import EXTENSION_KEY
 from cds_service.settings import load_settings
 from cds_service.store.recorder import CardRecorder
+from cds_service.store.records import IssuedCard
 from cds_service.store.schema import issued_cards
+from cds_service.store.spool import SpoolingCardRecorder
 from cds_service.store.store import Store
 from cds_service.telemetry.metrics import MULTIPROC_ENV
 from cds_service.web.app import close_app, create_app
 from cds_service.web.runtime import runtime_of
 from tests.builders import AT, condition, hook_request, patient, searchset
-from tests.http_support import SERVICE_URL
-from tests.synthetic_patients import CASES, nxp2_positive
+from tests.http_support import SERVICE_URL, Feedback, Hook
+from tests.synthetic_patients import CASES, edema_chart, nxp2_positive
 
 
 def build(tmp_path: Path, name: str, **overrides: object) -> tuple[Flask, Store, CardRecorder]:
@@ -169,3 +174,111 @@ def test_one_apps_hook_calls_are_not_in_the_others_metrics(
     answer = counting.test_client().post(SERVICE_URL, json=hook_request(case.chart, pid=case.patient_id))
     assert answer.status_code == 200
     assert (hook_calls_counted(counting), hook_calls_counted(other)) == (1, 0)
+
+
+# -- what an application makes for itself: its store and its spooling recorder, counted in its metrics, closed with it
+
+FAST = {"statement_timeout_seconds": 0.2, "readiness_timeout_seconds": 0.5}
+"""Small database time bounds: a locked SQLite file fails a write in 0.2 s."""
+
+
+def build_own(tmp_path: Path, name: str) -> Flask:
+    """An app that makes its own store and spooling recorder (none handed in), as ``nxp2-cds serve``'s workers do;
+    its SQLite file and its spool folder are its own."""
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path}/{name}.sqlite3",
+        auth={"mode": "disabled"},
+        database={"spool_dir": str(tmp_path / f"{name}-spool"), **FAST},
+    )
+    return create_app(settings, clock=lambda: AT, migrate=True)
+
+
+@pytest.fixture
+def own_apps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Flask, Flask]]:
+    """Two such apps in this process (outside multiprocess mode, so /metrics is each app's registry); closed after."""
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    first, second = build_own(tmp_path, "first"), build_own(tmp_path, "second")
+    yield first, second
+    close_app(first)
+    close_app(second)
+
+
+def counted(app: Flask, name: str, **labels: str) -> float:
+    """The sum of the app's /metrics samples ``name`` whose labels include ``labels`` (0 when absent)."""
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def issued_cards_in(app: Flask) -> int:
+    with runtime_of(app).store.engine.connect() as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(issued_cards)).scalar_one())
+
+
+def test_two_apps_count_their_database_errors_in_their_own_metrics(own_apps: tuple[Flask, Flask]) -> None:
+    """Feedback refused (503) because one app's SQLite file is locked is counted in that app's
+    nxp2_cds_database_errors_total only: the store the factory made counts into the app's metrics."""
+    failing, other = own_apps
+    lock = sqlite3.connect(runtime_of(failing).store.url.database or "", isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        assert Feedback(failing).post().status_code == 503
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    errors = "nxp2_cds_database_errors_total"
+    assert (counted(failing, errors, operation="feedback"), counted(other, errors)) == (1, 0)
+
+
+def test_two_apps_count_their_spool_records_in_their_own_metrics(own_apps: tuple[Flask, Flask]) -> None:
+    """The cards one app issues are counted as spooled, then written, in that app's nxp2_cds_spool_records_total
+    only: the recorder the factory made counts into the app's metrics."""
+    issuing, other = own_apps
+    cards = Hook(issuing).cards(*edema_chart())
+    assert cards
+    assert runtime_of(issuing).recorder.flush(10)
+    records = "nxp2_cds_spool_records_total"
+    assert (counted(issuing, records, event="spooled"), counted(issuing, records, event="written")) == (
+        len(cards),
+        len(cards),
+    )
+    assert counted(other, records) == 0
+
+
+def test_closing_an_app_twice_is_harmless(own_apps: tuple[Flask, Flask]) -> None:
+    """A second close_app of the same app raises nothing and leaves it closed (its FHIR pool shut, its recorder
+    taking no more records)."""
+    app, _ = own_apps
+    close_app(app)
+    close_app(app)
+    runtime = runtime_of(app)
+    dropped = runtime.recorder.dropped
+    runtime.recorder.submit([IssuedCard("late", "nxp2-jdm-risk", "refractory", "warning", (), "kb@1", AT)])
+    assert (runtime.closed, runtime.fetch_pool.is_shut_down, runtime.recorder.dropped - dropped) == (True, True, 1)
+
+
+def test_a_closed_apps_recorder_has_written_its_records(own_apps: tuple[Flask, Flask]) -> None:
+    """close_app, with no flush before it, writes the cards the app issued to its database: none is lost, none is
+    left in its spool folder."""
+    app, _ = own_apps
+    cards = Hook(app).cards(*edema_chart())
+    recorder = runtime_of(app).recorder
+    assert isinstance(recorder, SpoolingCardRecorder)
+    spool = recorder.spool.directory
+    close_app(app)
+    assert (issued_cards_in(app), sorted(spool.glob("cards-*.spool"))) == (len(cards), [])
+
+
+def test_building_and_closing_an_app_registers_no_exit_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No atexit hook is registered by building an app, issuing cards through its recorder and closing it: what must
+    be written at the end is written by close_app."""
+    registered: list[object] = []
+    monkeypatch.setattr(atexit, "register", lambda function, *args, **kwargs: registered.append(function))
+    app = build_own(tmp_path, "one")
+    Hook(app).cards(*edema_chart())
+    close_app(app)
+    assert registered == []
