@@ -25,6 +25,7 @@ def service_settings(**overrides: Any) -> Any:
 
 def service_app(**overrides: Any) -> Flask:
     from cds_service.web.app import configure_process, create_app, freeze_startup_heap
+    from cds_service.web.runtime import runtime_of
 
     settings = service_settings(**overrides)
     configure_process(settings)  # as a production worker starts
@@ -49,6 +50,7 @@ def gunicorn_app(kind: str = "hook") -> Any:
     its RequestGuard), with the read-and-parse route beside the hook."""
     from cds_service.server.supervisor import RequestGuard
     from cds_service.web.app import configure_process, create_app, freeze_startup_heap
+    from cds_service.web.runtime import runtime_of
 
     if kind != "hook":
         raise ValueError(f"unknown app {kind!r}")
@@ -61,4 +63,5 @@ def gunicorn_app(kind: str = "hook") -> Any:
         max_body_bytes=settings.max_body_bytes,
         budget_bytes=settings.server.max_inflight_body_bytes,
         retry_after_seconds=settings.server.retry_after_seconds,
+        metrics=runtime_of(app).metrics,
     )

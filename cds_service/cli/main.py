@@ -101,7 +101,7 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
     prepare_metrics_directory()  # before anything imports prometheus_client: the workers share it
     from cds_service.store.database import StoreError
     from cds_service.store.store import Store
-    from cds_service.web.app import StartupError, configure_process, create_app
+    from cds_service.web.app import StartupError, close_app, configure_process, create_app
 
     settings = settings_or_fail()
     host = host or settings.server.host
@@ -153,7 +153,7 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
         store.migrate()
     try:
         configure_process(settings)
-        create_app(settings, store=store)  # fail here, once, with a clear message rather than in every worker
+        close_app(create_app(settings, store=store))  # fail here, once, with a clear message, not in every worker
     except StartupError as exc:
         fail(str(exc))
     finally:
