@@ -25,7 +25,6 @@ def service_settings(**overrides: Any) -> Any:
 
 def service_app(**overrides: Any) -> Flask:
     from cds_service.web.app import configure_process, create_app, freeze_startup_heap
-    from cds_service.web.runtime import runtime_of
 
     settings = service_settings(**overrides)
     configure_process(settings)  # as a production worker starts
