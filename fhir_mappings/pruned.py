@@ -84,8 +84,8 @@ class ReferenceRange(TypedDict, total=False):
 
 
 class _Values(TypedDict, total=False):
-    """What an Observation and each of its components hold: every ``value[x]`` (``_has_value`` and ``_raw_value``
-    see them all) and what a value is judged by."""
+    """What an Observation and each of its components hold: every ``value[x]`` (``has_value`` and ``raw_value`` of
+    ``extract.written`` see them all) and what a value is judged by."""
 
     valueQuantity: Quantity
     valueCodeableConcept: CodeableConcept
