@@ -145,7 +145,7 @@ def serve(host: str | None, port: int | None, workers: int | None, threads: int 
             err=True,
         )
     try:
-        store = Store(settings.database_url)
+        store = Store(settings.database_url, settings.database)
     except StoreError as exc:
         fail(str(exc))
     wanted = settings.server.migrate_on_start if migrate is None else migrate

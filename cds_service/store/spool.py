@@ -361,7 +361,7 @@ class SpoolingCardRecorder(CardRecorder):
     segments to the database, retrying while it is unavailable, and adopts the files of dead processes.
 
     Counters (per process): ``written`` (records this process wrote to the database, adopted ones included),
-    ``dropped`` (beyond the spool's bound, an unwritable spool, after :meth:`close`), ``failed`` (always 0: a failed
+    ``dropped`` (beyond the spool's bound, an unwritable spool), ``failed`` (always 0: a failed
     write is retried), ``rejected`` (records the database refused one by one, or unreadable lines). ``metrics``
     counts the same events (``nxp2_cds_spool_records_total``) and what waits (``nxp2_cds_spool_pending_records``):
     the application's when its factory builds the recorder."""
@@ -417,9 +417,6 @@ class SpoolingCardRecorder(CardRecorder):
             return
         if self._pid != os.getpid():
             self._after_fork_in_child()
-        if self._closed:
-            self._drop(len(cards), "dropped_closed", None)
-            return
         data = b"".join([orjson.dumps({"v": RECORD_VERSION, **card.to_row()}) + b"\n" for card in cards])
         try:
             spooled = self._spool.append(data, len(cards))
@@ -430,6 +427,8 @@ class SpoolingCardRecorder(CardRecorder):
                 self._metrics.count_spool_records("spooled", len(cards))
             else:
                 self._drop(len(cards), "dropped_full", None)
+        if self._closed:  # a request that outlived close(): its records stay in the spool for the next process
+            return
         thread = self._thread
         if thread is None or not thread.is_alive():
             self._start()
@@ -451,10 +450,8 @@ class SpoolingCardRecorder(CardRecorder):
             total = self._dropped
         if event == "dropped_full":
             why = f"the spool holds this process's limit ([database] spool_max_bytes = {self._spool.max_bytes})"
-        elif event == "dropped_error":
-            why = f"the spool cannot be written ({error.strerror if error is not None else 'error'})"
         else:
-            why = "the recorder is closed"
+            why = f"the spool cannot be written ({error.strerror if error is not None else 'error'})"
         logger.error("issued cards: %d records DROPPED: %s (%d since start)", count, why, total)
 
     # -- control --
@@ -487,7 +484,9 @@ class SpoolingCardRecorder(CardRecorder):
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what waits (if the database answers), stop the writer, close the files (what still waits stays on
-        disk for the next process); later submits are dropped and counted. Idempotent."""
+        disk for the next process). A later submit (a request that outlived the close) is still appended to the spool,
+        in a new file this process holds until it exits, and written by the next process: never dropped for being
+        late. Idempotent."""
         super().close(timeout)
         thread = self._thread
         if thread is None or not thread.is_alive():

@@ -148,7 +148,7 @@ class Metrics:
         self.spool_records = Counter(
             "nxp2_cds_spool_records_total",
             "Issued-card records by what the spool did with them: spooled, written (to the database), dropped_full "
-            "(beyond [database] spool_max_bytes), dropped_error (the spool could not be written), dropped_closed, "
+            "(beyond [database] spool_max_bytes), dropped_error (the spool could not be written), "
             "rejected (refused by the database one by one, or unreadable after a crash).",
             ["event"],
             registry=registry,

@@ -108,28 +108,27 @@ def create_app(
             except StoreError as exc:
                 raise StartupError(str(exc)) from exc
             owned.append(recorder.close)
+        app = Flask(__name__)
+        app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+        app.json.sort_keys = False  # type: ignore[attr-defined]
+        CORS(
+            app,
+            resources={r"/cds-services*": {}},
+            origins=list(settings.cors.allowed_origins),
+            allow_headers=["Authorization", "Content-Type"],
+            methods=["GET", "POST", "OPTIONS"],
+            max_age=86400,
+        )
+        errors.init_app(app)
+        runtime = Runtime.build(settings, engine, store, recorder, session, clock, authenticator, metrics, owned[::-1])
+        runtime.install(app)
+        middleware.init_app(app)
+        app.register_blueprint(api.bp)
+        app.register_blueprint(ops.bp)
+        app.register_blueprint(evidence_page.bp)
     except BaseException:
         _release(owned[::-1])  # nothing half-built stays open: the caller gets the error alone
         raise
-
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    CORS(
-        app,
-        resources={r"/cds-services*": {}},
-        origins=list(settings.cors.allowed_origins),
-        allow_headers=["Authorization", "Content-Type"],
-        methods=["GET", "POST", "OPTIONS"],
-        max_age=86400,
-    )
-    errors.init_app(app)
-    runtime = Runtime.build(settings, engine, store, recorder, session, clock, authenticator, metrics, owned[::-1])
-    runtime.install(app)
-    middleware.init_app(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(ops.bp)
-    app.register_blueprint(evidence_page.bp)
     return app
 
 

@@ -1,6 +1,7 @@
 """Per-request bookkeeping around every endpoint: the request id (``X-Request-ID``: the caller's when it is a safe
 token, else a new one; echoed on the answer and bound to every log line), one structured log line per request, and
-the request counters of the application's metrics (probes and scrapes not counted)."""
+the request counters of the application's metrics (probes and scrapes not counted), and the count of requests in
+flight that closing the application waits for."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def init_app(app: Flask) -> None:
 
 
 def _start_request() -> None:
+    runtime().enter()
+    g.counted_in_flight = True  # so that teardown leaves only what was entered
     g.started = time.perf_counter()
     given = request.headers.get("X-Request-ID", "")
     g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
@@ -57,3 +60,5 @@ def _log_request(response: Response) -> Response:
 
 def _end_request(_: BaseException | None) -> None:
     structlog.contextvars.clear_contextvars()
+    if g.pop("counted_in_flight", False):
+        runtime().leave()

@@ -8,8 +8,10 @@ this application alone is released with it (:attr:`Runtime.owned`), the rest bel
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
@@ -56,6 +58,13 @@ class Runtime:
     """How to release what the factory made for this application alone (its recorder, then its store and session),
     called in this order by :meth:`close`."""
     closed: bool = False
+    in_flight: int = 0
+    """Requests being answered now (:meth:`enter` / :meth:`leave`, by the request middleware)."""
+    _idle: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    CLOSE_WAIT_SECONDS = 10.0
+    """How long :meth:`close` waits for the requests in flight (gunicorn's quick stop, a worker past its graceful
+    timeout) before it releases what they may still use."""
 
     @classmethod
     def build(
@@ -123,17 +132,40 @@ class Runtime:
             pool=self.fetch_pool,
         )
 
-    def close(self) -> None:
-        """Release what this runtime owns: its FHIR pool's threads (the requests in flight finish first; later
-        parallel fetches are refused), then what the factory made for it (:attr:`owned`: the recorder writes what
-        waits and stops its thread, the store closes its connections). Idempotent; other applications are not
-        affected."""
-        if self.closed:
-            return
-        self.closed = True
-        self.fetch_pool.shutdown(wait=True)
-        for release in self.owned:
-            release()
+    def enter(self) -> None:
+        """A request begins."""
+        with self._idle:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        """A request that :meth:`enter` counted has ended (its cards handed to the recorder)."""
+        with self._idle:
+            self.in_flight -= 1
+            if self.in_flight <= 0:
+                self._idle.notify_all()
+
+    def close(self, wait_seconds: float | None = None) -> None:
+        """Release what this runtime owns, once the requests in flight have ended (waiting at most
+        ``wait_seconds``, default :attr:`CLOSE_WAIT_SECONDS`: a request still running after that keeps its answer,
+        and its cards still go to the spool, see :meth:`SpoolingCardRecorder.submit`): its FHIR pool's threads, then
+        what the factory made for it (:attr:`owned`: the recorder writes what waits and stops its thread, the store
+        closes its connections). Every release is attempted even when one fails; the first failure is raised after.
+        Idempotent; other applications are not affected."""
+        with self._idle:
+            if self.closed:
+                return
+            self.closed = True
+            deadline = time.monotonic() + (self.CLOSE_WAIT_SECONDS if wait_seconds is None else wait_seconds)
+            while self.in_flight > 0 and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
+        failure: BaseException | None = None
+        for release in (lambda: self.fetch_pool.shutdown(wait=True), *self.owned):
+            try:
+                release()
+            except Exception as exc:  # the rest is still released
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def install(self, app: Flask) -> None:
         app.extensions[EXTENSION] = self

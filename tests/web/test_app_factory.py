@@ -9,16 +9,21 @@ import atexit
 import gc
 import logging
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 import sqlalchemy as sa
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 
 from cds_service.contracts import EXTENSION_KEY
+from cds_service.fhir.client import new_session
 from cds_service.settings import load_settings
 from cds_service.store.recorder import CardRecorder
 from cds_service.store.records import IssuedCard
@@ -27,7 +32,7 @@ from cds_service.store.spool import SpoolingCardRecorder
 from cds_service.store.store import Store
 from cds_service.telemetry.metrics import MULTIPROC_ENV
 from cds_service.web.app import close_app, create_app
-from cds_service.web.runtime import runtime_of
+from cds_service.web.runtime import Runtime, runtime_of
 from tests.builders import AT, condition, hook_request, patient, searchset
 from tests.http_support import SERVICE_URL, Feedback, Hook
 from tests.synthetic_patients import CASES, edema_chart, nxp2_positive
@@ -250,15 +255,93 @@ def test_two_apps_count_their_spool_records_in_their_own_metrics(own_apps: tuple
 
 
 def test_closing_an_app_twice_is_harmless(own_apps: tuple[Flask, Flask]) -> None:
-    """A second close_app of the same app raises nothing and leaves it closed (its FHIR pool shut, its recorder
-    taking no more records)."""
+    """A second close_app of the same app raises nothing and leaves it closed (its FHIR pool shut)."""
     app, _ = own_apps
     close_app(app)
     close_app(app)
     runtime = runtime_of(app)
-    dropped = runtime.recorder.dropped
-    runtime.recorder.submit([IssuedCard("late", "nxp2-jdm-risk", "refractory", "warning", (), "kb@1", AT)])
-    assert (runtime.closed, runtime.fetch_pool.is_shut_down, runtime.recorder.dropped - dropped) == (True, True, 1)
+    assert (runtime.closed, runtime.fetch_pool.is_shut_down) == (True, True)
+
+
+def test_a_record_submitted_after_close_stays_in_the_spool(own_apps: tuple[Flask, Flask]) -> None:
+    """A request that outlives close_app still gets its cards recorded: the record is appended to the spool (for the
+    next process to write), not dropped."""
+    app, _ = own_apps
+    close_app(app)
+    recorder = runtime_of(app).recorder
+    assert isinstance(recorder, SpoolingCardRecorder)
+    recorder.submit([IssuedCard("late", "nxp2-jdm-risk", "refractory", "warning", (), "kb@1", AT)])
+    spooled = b"".join(path.read_bytes() for path in recorder.spool.directory.glob("cards-*.spool"))
+    assert (recorder.dropped, spooled.count(b'"late"')) == (0, 1)
+
+
+def test_close_waits_for_a_request_in_flight(own_apps: tuple[Flask, Flask], monkeypatch: pytest.MonkeyPatch) -> None:
+    """close_app called while a hook call is being answered waits for it: the call gets its cards and they are in
+    the database when close_app returns (gunicorn's quick stop closes the app while its threads still answer)."""
+    app, _ = own_apps
+    runtime = runtime_of(app)
+    release = threading.Event()
+    real_cards = runtime.engine.cards
+
+    def held_cards(*args: Any, **kwargs: Any) -> Any:
+        release.wait(10)
+        return real_cards(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.engine, "cards", held_cards)
+    answered: list[int] = []
+    caller = threading.Thread(target=lambda: answered.append(Hook(app).call(*edema_chart()).status_code))
+    caller.start()
+    deadline = time.monotonic() + 10
+    while runtime.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    closer = threading.Thread(target=close_app, args=(app,))
+    closer.start()
+    closer.join(0.3)
+    waited = closer.is_alive()
+    release.set()
+    caller.join(10)
+    closer.join(10)
+    assert (waited, answered, closer.is_alive(), issued_cards_in(app)) == (True, [200], False, 2)
+
+
+def test_a_release_that_fails_does_not_keep_the_others_open(
+    own_apps: tuple[Flask, Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When releasing one thing fails during close_app (a spool file that cannot be synced), the rest is still
+    released (the store disposed, the session closed) and the failure is raised."""
+    app, _ = own_apps
+    runtime = runtime_of(app)
+    released: list[str] = []
+
+    def failing() -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(
+        runtime, "owned", (failing, lambda: released.append("store"), lambda: released.append("session"))
+    )
+    with pytest.raises(OSError, match="Input/output"):
+        close_app(app)
+    assert (released, runtime.fetch_pool.is_shut_down) == (["store", "session"], True)
+
+
+def test_a_factory_that_fails_late_releases_what_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_app failing after it made its session, store and recorder (here: building the runtime) releases all
+    three before the error reaches the caller."""
+    closed: list[str] = []
+
+    def tracked_session() -> requests.Session:
+        session = new_session()
+        monkeypatch.setattr(session, "close", lambda: closed.append("session"))
+        return session
+
+    def broken_build(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("late failure")
+
+    monkeypatch.setattr("cds_service.web.app.new_session", tracked_session)
+    monkeypatch.setattr(Runtime, "build", broken_build)
+    with pytest.raises(RuntimeError, match="late failure"):
+        build_own(tmp_path, "late")
+    assert closed == ["session"]
 
 
 def test_a_closed_apps_recorder_has_written_its_records(own_apps: tuple[Flask, Flask]) -> None:
