@@ -64,3 +64,18 @@ def test_only_prometheus_files_are_deleted_from_the_metrics_folder(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     prepare_metrics_directory()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+
+
+def test_serves_start_up_check_uses_the_configured_database_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nxp2-cds serve` checks that the app starts before it forks the workers, with the configured [database]
+    settings: the spool it prepares is [database] spool_dir, not the default one beside the SQLite file."""
+    served: list[tuple[object, ...]] = []
+    monkeypatch.setattr("cds_service.cli.main._serve", lambda *args: served.append(args))
+    monkeypatch.setenv("NXP2_CDS_DATABASE_URL", f"sqlite:///{tmp_path}/cds.sqlite3")
+    monkeypatch.setenv("NXP2_CDS_DATABASE__SPOOL_DIR", str(tmp_path / "configured"))
+    monkeypatch.setenv("NXP2_CDS_AUTH__MODE", "disabled")
+    result = CliRunner().invoke(main, ["serve", "--host", "127.0.0.1", "--port", "0"])
+    assert (result.exit_code, len(served)) == (0, 1), result.output
+    assert ((tmp_path / "configured").is_dir(), (tmp_path / "nxp2-cds-spool").exists()) == (True, False)
